@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Builds every pinned upstream tool of the e2e control plane from its Go module into a cache
+# directory keyed by the pinned versions (versions.env and the wrapper go.mod files), and prints
+# that directory.
+# Tools already there are kept, so a warm run only hashes a few files.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+key="$(cat "$here/versions.env" "$here"/*/go.mod | sha256sum | cut -c1-16)"
+root="${SLUICE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/tools}/$key"
+bin="$root/bin"
+share="$root/share"
+mkdir -p "$bin" "$share" "$root/logs"
+
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+
+# build NAME CMD...: runs CMD unless bin/NAME exists; the log keeps the compiler's output.
+build() {
+  local name="$1"; shift
+  [[ -x "$bin/$name" ]] && return 0
+  log "building $name"
+  local start=$SECONDS
+  if ! "$@" >"$root/logs/$name.log" 2>&1; then
+    log "building $name failed; last lines of $root/logs/$name.log:"
+    tail -n 30 "$root/logs/$name.log" >&2
+    exit 1
+  fi
+  [[ -x "$bin/$name" ]] || { log "$name was not produced"; exit 1; }
+  log "built $name in $((SECONDS - start))s"
+}
+
+k8s_ldflags() {
+  local v="$KUBERNETES_VERSION" major minor
+  major="$(cut -d. -f1 <<<"${v#v}")"; minor="$(cut -d. -f2 <<<"$v")"
+  local flags="-s -w"
+  # Without these the binaries report v0.0.0-master and Tekton refuses the server version.
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$flags"
+}
+
+build_k8s() {
+  (cd "$here/k8s" && go build -ldflags "$(k8s_ldflags)" -o "$bin/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+}
+
+build_tekton() {
+  (cd "$here/tekton" && go build -ldflags "-s -w" -o "$bin/tekton-controller" github.com/tektoncd/pipeline/cmd/controller)
+}
+
+build_etcd() {
+  (cd "$here/etcd" && go build -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
+}
+
+# go_install NAME PKG@VERSION: modules without replace directives install directly.
+go_install() {
+  local name="$1" pkg="$2" tmp
+  tmp="$(mktemp -d)"
+  GOBIN="$tmp" go install -ldflags "-s -w" "$pkg" || { rm -rf "$tmp"; return 1; }
+  mv "$tmp/$(basename "${pkg%@*}")" "$bin/$name"
+  rmdir "$tmp"
+}
+
+# copy_module_dir MODULE@VERSION SUBDIR DEST: keeps manifests shipped in a module next to the tools.
+copy_module_dir() {
+  local dir
+  dir="$(go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  mkdir -p "$share/$3"
+  cp -r "$dir/$2/." "$share/$3/"
+  chmod -R u+w "$share/$3"
+}
+
+main() {
+  local only="${1:-all}"
+  build kube-apiserver build_k8s
+  build etcd build_etcd
+  build kwok go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  build tekton-controller build_tekton
+  build crane go_install crane "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
+  if [[ "$only" == all ]]; then
+    build cosign go_install cosign "github.com/sigstore/cosign/v2/cmd/cosign@$COSIGN_VERSION"
+    build registry go_install registry "github.com/distribution/distribution/v3/cmd/registry@$DISTRIBUTION_VERSION"
+    build helm go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  fi
+  [[ -d "$share/tekton" ]] || (cd "$here/tekton" && copy_module_dir "github.com/tektoncd/pipeline@$TEKTON_VERSION" config tekton)
+  [[ -d "$share/kwok" ]] || copy_module_dir "sigs.k8s.io/kwok@$KWOK_VERSION" kustomize/stage kwok
+  echo "$root"
+}
+
+main "$@"

@@ -1,0 +1,114 @@
+//! Condition types and reasons, and the one function that updates a condition list.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// The resource is fully reconciled and working.
+pub const READY: &str = "Ready";
+/// The controller is working toward the desired state (kstatus "abnormal-true").
+pub const RECONCILING: &str = "Reconciling";
+/// Progress is impossible without a change by the user (kstatus "abnormal-true").
+pub const STALLED: &str = "Stalled";
+/// Every pre-deploy gate of the release passed.
+pub const GATES_PASSED: &str = "GatesPassed";
+/// The released image is signed in the registry.
+pub const SIGNED: &str = "Signed";
+/// The target Deployment runs the signed digest.
+pub const ROLLED_OUT: &str = "RolledOut";
+
+/// Reasons, one word each, as Events and conditions show them.
+pub mod reason {
+    /// Stages are running.
+    pub const PROGRESSING: &str = "Progressing";
+    /// The referenced SecurePipeline does not exist.
+    pub const PIPELINE_NOT_FOUND: &str = "PipelineNotFound";
+    /// The referenced SecurePipeline is invalid.
+    pub const PIPELINE_INVALID: &str = "PipelineInvalid";
+    /// A referenced Task does not exist.
+    pub const TASK_NOT_FOUND: &str = "TaskNotFound";
+    /// The signing Secret does not exist.
+    pub const SIGNING_SECRET_NOT_FOUND: &str = "SigningSecretNotFound";
+    /// A gate blocked the release.
+    pub const GATE_BLOCKED: &str = "GateBlocked";
+    /// Every gate passed.
+    pub const GATES_PASSED: &str = "GatesPassed";
+    /// Gates are still being evaluated.
+    pub const GATES_PENDING: &str = "GatesPending";
+    /// Waiting for the signer, which this version does not run yet.
+    pub const AWAITING_SIGNER: &str = "AwaitingSigner";
+    /// The pipeline is valid and ready for releases.
+    pub const VALID: &str = "Valid";
+    /// Nothing is in progress.
+    pub const IDLE: &str = "Idle";
+}
+
+/// Sets one condition, keeping lastTransitionTime when its status did not change.
+/// Returns whether anything changed.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> bool {
+    let status = if status { "True" } else { "False" }.to_string();
+    let wanted = |last: Time| Condition {
+        type_: type_.to_string(),
+        status: status.clone(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time: last,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            let last = if existing.status == status {
+                existing.last_transition_time.clone()
+            } else {
+                now.clone()
+            };
+            let new = wanted(last);
+            let changed = *existing != new;
+            *existing = new;
+            changed
+        }
+        None => {
+            conditions.push(wanted(now.clone()));
+            true
+        }
+    }
+}
+
+/// Finds a condition by type.
+pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether a condition is present with status True.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    get(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(secs).expect("valid"))
+    }
+
+    #[test]
+    fn keeps_transition_time_when_status_is_unchanged() {
+        let mut c = Vec::new();
+        assert!(set(&mut c, READY, false, "A", "a", Some(1), &at(10)));
+        assert!(set(&mut c, READY, false, "B", "b", Some(1), &at(20)));
+        assert_eq!(c[0].last_transition_time, at(10));
+        assert_eq!(c[0].reason, "B");
+        assert!(!set(&mut c, READY, false, "B", "b", Some(1), &at(30)));
+        assert!(set(&mut c, READY, true, "B", "b", Some(1), &at(40)));
+        assert_eq!(c[0].last_transition_time, at(40));
+        assert!(is_true(&c, READY));
+        assert_eq!(c.len(), 1);
+    }
+}

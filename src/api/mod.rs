@@ -1,0 +1,17 @@
+//! Custom resource types of the `sluice.dev/v1alpha1` API, their conditions and reasons.
+
+pub mod conditions;
+pub mod pipeline;
+pub mod release;
+
+pub use pipeline::{SecurePipeline, SecurePipelineSpec, SecurePipelineStatus, Stage};
+pub use release::{ModelRelease, ModelReleaseSpec, ModelReleaseStatus, Phase};
+
+/// Label on every TaskRun naming the ModelRelease it belongs to.
+pub const LABEL_RELEASE: &str = "sluice.dev/release";
+/// Label on every TaskRun naming its stage.
+pub const LABEL_STAGE: &str = "sluice.dev/stage";
+/// Label on every TaskRun naming the SecurePipeline of its release.
+pub const LABEL_PIPELINE: &str = "sluice.dev/pipeline";
+/// Field manager of every write Sluice makes.
+pub const FIELD_MANAGER: &str = "sluice";

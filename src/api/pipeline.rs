@@ -1,0 +1,419 @@
+//! `SecurePipeline`: the policy every release of one application must pass.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The most stages one pipeline may declare; keeps CEL validation cost bounded.
+pub const MAX_STAGES: usize = 32;
+
+/// The security stages every release of one application must pass, and how to sign what passed.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "SecurePipeline",
+    doc = "The security stages every release of one application must pass, and how the image that passed is signed.",
+    namespaced,
+    status = "SecurePipelineStatus",
+    shortname = "sp",
+    category = "sluice",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Stages", type_ = "integer", json_path = ".status.stageCount"),
+    printcolumn(
+        name = "Last Release",
+        type_ = "string",
+        json_path = ".status.lastRelease"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.stages.all(s, self.stages.exists_one(t, t.name == s.name))").message("stage names must be unique within a pipeline"),
+    validation = Rule::new("self.stages.all(s, !has(s.runAfter) || s.runAfter.all(r, self.stages.exists(t, t.name == r)))").message("every runAfter entry must name a stage of this pipeline"),
+    validation = Rule::new("self.stages.filter(s, has(s.produces)).size() <= 1").message("at most one stage may declare produces: image"),
+    validation = Rule::new("!has(self.rescan) || self.rescan.stages.all(r, self.stages.exists(t, t.name == r))").message("every rescan stage must name a stage of this pipeline"),
+    validation = Rule::new("self.stages.all(s, !has(s.runAfter) || (has(s.when) && s.when == 'postDeploy') || s.runAfter.all(r, self.stages.exists(t, t.name == r && (!has(t.when) || t.when == 'preDeploy'))))").message("a pre-deploy stage cannot run after a postDeploy stage")
+)]
+pub struct SecurePipelineSpec {
+    /// Where the application's source lives; every stage receives it as SOURCE_URL.
+    pub source: SourceSpec,
+    /// The image repository the build stage pushes to and Sluice signs in.
+    pub image: ImageSpec,
+    /// The stages of the release, a DAG ordered by runAfter; each becomes one Tekton TaskRun per release.
+    #[schemars(length(min = 1, max = 32))]
+    pub stages: Vec<Stage>,
+    /// The cosign key pair that signs every image whose gates passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningSpec>,
+    /// Accepted risks: finding IDs that do not count against a gate until they expire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub exceptions: Vec<Exception>,
+    /// Re-run some stages on a schedule against the revision currently released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescan: Option<RescanSpec>,
+    /// How many finished releases keep their TaskRuns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistorySpec>,
+    /// ServiceAccount the stage TaskRuns run as (Tekton's default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub service_account_name: Option<String>,
+}
+
+/// Source repository of the application.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    /// Git URL of the application's source.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// Default branch or tag; a ModelRelease names the exact commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub revision: Option<String>,
+}
+
+/// Image repository of the application.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    /// Repository without tag or digest, e.g. registry.example/evip/predictor.
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+$")
+    )]
+    pub repository: String,
+    /// A kubernetes.io/dockerconfigjson Secret with credentials for the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<LocalObjectRef>,
+}
+
+/// A reference to an object in the pipeline's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct LocalObjectRef {
+    /// Name of the object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// One security stage: a Tekton Task run once per release, and the gate its results must pass.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.produces) || !has(self.when) || self.when == 'preDeploy'").message("a postDeploy stage cannot produce the image"))]
+pub struct Stage {
+    /// Stage name, a DNS label unique in the pipeline; the TaskRun is named <release>-<stage>.
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The Tekton Task this stage runs.
+    pub task_ref: TaskRef,
+    /// Parameters passed to the Task in addition to SOURCE_URL, SOURCE_REVISION, IMAGE and IMAGE_DIGEST.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub params: Vec<Param>,
+    /// Workspaces bound to the Task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub workspaces: Vec<WorkspaceBinding>,
+    /// Stages that must pass their gates before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub run_after: Vec<String>,
+    /// What the stage's results must show for the release to go on; a stage without a gate passes when its TaskRun succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+    /// preDeploy (default) runs before signing; postDeploy runs against the rolled-out candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<StageWhen>,
+    /// Set to image on the stage that builds the image; Sluice reads its IMAGE_URL and IMAGE_DIGEST results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub produces: Option<Produces>,
+    /// Tekton timeout of the TaskRun, e.g. 30m or 1h0m0s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub timeout: Option<String>,
+}
+
+impl Stage {
+    /// Whether the stage runs after the rollout rather than before signing.
+    pub fn is_post_deploy(&self) -> bool {
+        self.when == Some(StageWhen::PostDeploy)
+    }
+}
+
+/// When a stage runs relative to the rollout.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StageWhen {
+    /// Before signing: blocks the release before anything is deployed.
+    PreDeploy,
+    /// After the rollout: a blocked gate rolls the release back.
+    PostDeploy,
+}
+
+/// What a stage produces for later stages.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Produces {
+    /// The image to sign and roll out, from the IMAGE_URL and IMAGE_DIGEST results.
+    Image,
+}
+
+/// A Tekton Task reference: a Task by name, or a remote resolver.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.name) != has(self.resolver)").message("taskRef needs exactly one of name or resolver"))]
+pub struct TaskRef {
+    /// Name of a Task in the release's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+    /// Kind of the referenced Task (Task by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub kind: Option<String>,
+    /// Tekton remote resolver: cluster, bundles, git, hub or http.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub resolver: Option<String>,
+    /// Parameters of the resolver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub params: Vec<Param>,
+}
+
+/// A string parameter.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct Param {
+    /// Parameter name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Parameter value.
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// A Tekton workspace binding (the volume kinds a stage may use).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceBinding {
+    /// Workspace name declared by the Task.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Sub-directory of the volume to expose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+    /// A fresh empty directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir: Option<EmptyDir>,
+    /// An existing PersistentVolumeClaim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<ClaimRef>,
+    /// A Secret mounted read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretVolume>,
+    /// A ConfigMap mounted read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<LocalObjectRef>,
+}
+
+/// An emptyDir volume.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmptyDir {
+    /// Storage medium: "" (node disk) or Memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<String>,
+    /// Size limit, a Kubernetes quantity such as 1Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<String>,
+}
+
+/// A PersistentVolumeClaim by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRef {
+    /// Name of the claim.
+    pub claim_name: String,
+}
+
+/// A Secret by name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretVolume {
+    /// Name of the Secret.
+    pub secret_name: String,
+}
+
+/// What a stage's results must show. Both parts may be set; each is checked.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.tests) || has(self.findings)").message("a gate needs tests or findings"))]
+pub struct Gate {
+    /// Reads the TEST_OUTPUT result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestsGate>,
+    /// Reads the FINDINGS result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<FindingsGate>,
+}
+
+/// Gate on a test report.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestsGate {
+    /// Most failed tests allowed (0 by default).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_failures: u32,
+}
+
+/// Gate on security findings: a highest allowed severity, per-severity maximums, or both.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.maxSeverity) || has(self.max)").message("a findings gate needs maxSeverity or max"))]
+pub struct FindingsGate {
+    /// Highest severity allowed; any finding above it blocks (none blocks on every finding). Unknown severities count as high.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_severity: Option<MaxSeverity>,
+    /// Most findings allowed per severity; a severity left out is not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<SeverityLimits>,
+}
+
+/// The highest severity a findings gate allows.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum MaxSeverity {
+    /// No finding at all is allowed.
+    None,
+    /// Low findings are allowed.
+    Low,
+    /// Low and medium findings are allowed.
+    Medium,
+    /// Everything but critical findings is allowed.
+    High,
+    /// Every finding is allowed (the gate only records them).
+    Critical,
+}
+
+/// Per-severity maximum counts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeverityLimits {
+    /// Most critical findings allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical: Option<u32>,
+    /// Most high findings allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high: Option<u32>,
+    /// Most medium findings allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<u32>,
+    /// Most low findings allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low: Option<u32>,
+    /// Most findings of unknown severity allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<u32>,
+}
+
+/// The cosign key pair that signs released images.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningSpec {
+    /// Secret with cosign.key, cosign.password and cosign.pub, as `cosign generate-key-pair k8s://` writes it.
+    pub secret_ref: LocalObjectRef,
+}
+
+/// An accepted risk: one finding ID that does not count against gates until it expires.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Exception {
+    /// Finding ID as the scanner reports it, e.g. PYSEC-2024-48 or CVE-2024-1234.
+    #[schemars(length(min = 1, max = 256))]
+    pub id: String,
+    /// Why the risk is accepted; required so every exception is reviewed.
+    #[schemars(length(min = 1, max = 1024))]
+    pub reason: String,
+    /// Last day (UTC, YYYY-MM-DD) on which the exception applies.
+    #[schemars(regex(pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"))]
+    pub expires: String,
+}
+
+/// Scheduled re-audit of the released revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RescanSpec {
+    /// Cron schedule in UTC, e.g. "0 3 * * *".
+    #[schemars(length(min = 9, max = 128))]
+    pub schedule: String,
+    /// Stages to re-run.
+    #[schemars(length(min = 1, max = 32))]
+    pub stages: Vec<String>,
+    /// What a newly blocking finding does: mark the release Vulnerable (default) or also roll back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_finding: Option<OnFinding>,
+}
+
+/// Reaction to a rescan whose gate now blocks.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnFinding {
+    /// Set the Vulnerable condition and emit an event.
+    Report,
+    /// Also restore the last release that still passes.
+    Rollback,
+}
+
+/// Retention of finished releases' TaskRuns.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistorySpec {
+    /// How many finished releases keep their TaskRuns; older ones are deleted, their verdicts stay in status.
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep: u32,
+}
+
+/// Observed state of a SecurePipeline.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurePipelineStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling and Stalled, following the kstatus convention.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Number of stages in the pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_count: Option<u32>,
+    /// Name of the newest ModelRelease of this pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_release: Option<String>,
+    /// When the scheduled rescan last ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rescan: Option<String>,
+}

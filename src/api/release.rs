@@ -1,0 +1,320 @@
+//! `ModelRelease`: one request to release one source revision to one Deployment.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::pipeline::LocalObjectRef;
+
+/// A request to build, scan, sign and roll out one revision of an application.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "ModelRelease",
+    doc = "A request to release one source revision of an application to one Deployment, through the gates of its SecurePipeline.",
+    namespaced,
+    status = "ModelReleaseStatus",
+    shortname = "mr",
+    category = "sluice",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Pipeline",
+        type_ = "string",
+        json_path = ".spec.pipelineRef.name"
+    ),
+    printcolumn(name = "Revision", type_ = "string", json_path = ".spec.revision"),
+    printcolumn(name = "Gates", type_ = "string", json_path = ".status.gatesSummary"),
+    printcolumn(name = "Digest", type_ = "string", json_path = ".status.image.digest"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.pipelineRef == oldSelf.pipelineRef && self.revision == oldSelf.revision && self.target == oldSelf.target").message("pipelineRef, revision and target are immutable: create a new ModelRelease to release something else")
+)]
+pub struct ModelReleaseSpec {
+    /// The SecurePipeline, in the same namespace, whose stages this release must pass.
+    pub pipeline_ref: LocalObjectRef,
+    /// Source commit to build and scan (passed to every stage as SOURCE_REVISION).
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9._/-]+$"))]
+    pub revision: String,
+    /// The model this release serves; recorded in the signature's annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+    /// The Deployment and container that receive the signed image.
+    pub target: TargetSpec,
+    /// auto rolls out as soon as the image is signed; manual waits for `sluice approve`.
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+/// Name and version of the served model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ModelSpec {
+    /// Model name, e.g. ev-load-15min.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Model version.
+    #[schemars(length(min = 1, max = 128))]
+    pub version: String,
+}
+
+/// The workload a release rolls out to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSpec {
+    /// Deployment in the release's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub deployment: String,
+    /// Container of that Deployment whose image is replaced.
+    #[schemars(length(min = 1, max = 63))]
+    pub container: String,
+}
+
+/// How the rollout is approved.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Approval {
+    /// Roll out as soon as the image is signed.
+    #[default]
+    Auto,
+    /// Wait until the annotation sluice.dev/approved-digest equals the signed digest.
+    Manual,
+}
+
+/// Where a release stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum Phase {
+    /// Accepted, waiting for its pipeline.
+    #[default]
+    Pending,
+    /// Pre-deploy stages are running.
+    Running,
+    /// A gate blocked the release; nothing was signed or deployed.
+    Blocked,
+    /// Every gate passed; the image is being signed.
+    Signing,
+    /// Signed; waiting for manual approval of the digest.
+    AwaitingApproval,
+    /// The Deployment is rolling out the signed digest.
+    RollingOut,
+    /// Post-deploy stages are running against the rollout.
+    Verifying,
+    /// Rolled out and verified.
+    Released,
+    /// Could not complete and could not restore the previous image.
+    Failed,
+    /// The rollout or a post-deploy gate failed; the previous image was restored.
+    RolledBack,
+    /// A newer release of the same target passed its gates first.
+    Superseded,
+}
+
+impl Phase {
+    /// All phases, for metrics that report a count per phase.
+    pub const ALL: [Phase; 11] = [
+        Phase::Pending,
+        Phase::Running,
+        Phase::Blocked,
+        Phase::Signing,
+        Phase::AwaitingApproval,
+        Phase::RollingOut,
+        Phase::Verifying,
+        Phase::Released,
+        Phase::Failed,
+        Phase::RolledBack,
+        Phase::Superseded,
+    ];
+
+    /// Whether the release has ended and nothing more happens to it.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Phase::Blocked
+                | Phase::Released
+                | Phase::Failed
+                | Phase::RolledBack
+                | Phase::Superseded
+        )
+    }
+
+    /// The phase as it appears in status and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Blocked => "Blocked",
+            Phase::Signing => "Signing",
+            Phase::AwaitingApproval => "AwaitingApproval",
+            Phase::RollingOut => "RollingOut",
+            Phase::Verifying => "Verifying",
+            Phase::Released => "Released",
+            Phase::Failed => "Failed",
+            Phase::RolledBack => "RolledBack",
+            Phase::Superseded => "Superseded",
+        }
+    }
+}
+
+/// State of a stage's TaskRun.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StageState {
+    /// Waiting for the stages it runs after.
+    Waiting,
+    /// TaskRun created, not finished.
+    Running,
+    /// TaskRun succeeded.
+    Succeeded,
+    /// TaskRun failed (a step exited non-zero or the Task could not run).
+    Failed,
+    /// TaskRun exceeded its timeout.
+    TimedOut,
+    /// TaskRun was cancelled.
+    Cancelled,
+    /// Not run, because the release stopped before it.
+    NotRun,
+}
+
+/// A gate's decision.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Verdict {
+    /// The stage's results satisfy its gate.
+    Passed,
+    /// The stage's results violate its gate, or could not be read.
+    Blocked,
+    /// The stage did not run.
+    Skipped,
+}
+
+impl Verdict {
+    /// The verdict as it appears in status and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "Passed",
+            Verdict::Blocked => "Blocked",
+            Verdict::Skipped => "Skipped",
+        }
+    }
+}
+
+/// Findings counted per severity (after exceptions).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub struct FindingCounts {
+    /// Critical findings.
+    pub critical: u32,
+    /// High findings.
+    pub high: u32,
+    /// Medium findings.
+    pub medium: u32,
+    /// Low findings.
+    pub low: u32,
+    /// Findings of unknown severity.
+    #[serde(default)]
+    pub unknown: u32,
+}
+
+/// Test counts from a TEST_OUTPUT result.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub struct TestCounts {
+    /// Passed tests.
+    pub successes: u32,
+    /// Failed tests.
+    pub failures: u32,
+    /// Tests with warnings.
+    #[serde(default)]
+    pub warnings: u32,
+}
+
+/// Status of one stage of a release.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    /// Stage name.
+    pub name: String,
+    /// Name of the stage's TaskRun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_run: Option<String>,
+    /// State of the TaskRun.
+    pub state: StageState,
+    /// Verdict of the gate, once the TaskRun finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Verdict>,
+    /// Findings that counted against the gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<FindingCounts>,
+    /// Test counts read from TEST_OUTPUT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestCounts>,
+    /// Exception IDs that were subtracted from the findings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exceptions_applied: Vec<String>,
+    /// Why the gate decided as it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the TaskRun finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+}
+
+/// An image by digest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ImageRef {
+    /// Repository without tag or digest.
+    pub repository: String,
+    /// sha256:<hex> digest of the image manifest.
+    pub digest: String,
+}
+
+/// Where the signature of the released image is stored.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureRef {
+    /// Registry reference of the signature, <repo>:sha256-<hex>.sig.
+    pub reference: String,
+    /// Identifier of the signing key (sha256 of its public key).
+    pub key_id: String,
+    /// When the image was signed (RFC 3339).
+    pub signed_at: String,
+}
+
+/// Observed state of a ModelRelease.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelReleaseStatus {
+    /// Where the release stands.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling, Stalled, GatesPassed, Signed and RolledOut, following the kstatus convention.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// One entry per stage, in pipeline order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageStatus>,
+    /// Gates passed out of pre-deploy gates, e.g. 3/4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gates_summary: Option<String>,
+    /// The image the build stage produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRef>,
+    /// The signature pushed for the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureRef>,
+    /// Container image of the target before the rollout; what a rollback restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_image: Option<String>,
+}

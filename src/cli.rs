@@ -1,0 +1,105 @@
+//! Command-line interface.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::{crds, leader::LeaseConfig, operator, telemetry};
+
+/// Sluice: gate ML model releases behind Tekton security stages.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller (uses the in-cluster config or KUBECONFIG).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD with --out-dir.
+    Crds {
+        /// Directory to write <crd-name>.yaml files into.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "SLUICE_LOG_JSON")]
+    log_json: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-controller")]
+    lease_name: String,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Identity of this replica in the election (pod name by default).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, env = "SLUICE_LEASE_SECONDS", default_value_t = operator::DEFAULT_LEASE_DURATION.as_secs())]
+    lease_seconds: u64,
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds { out_dir } => print_crds(out_dir),
+        Command::Run(args) => run(args),
+    }
+}
+
+fn print_crds(out_dir: Option<PathBuf>) -> ExitCode {
+    let result = match out_dir {
+        Some(dir) => crds::write_all(&dir),
+        None => crds::all_yaml().map(|y| print!("{y}")).map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice crds: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    telemetry::init(args.log_json);
+    let identity = args.identity.unwrap_or_else(default_identity);
+    let config = operator::RunConfig {
+        listen: args.listen,
+        lease: LeaseConfig {
+            name: args.lease_name,
+            namespace: args.lease_namespace,
+            identity,
+            duration: Duration::from_secs(args.lease_seconds.max(2)),
+        },
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice run: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(operator::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            operator::report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "sluice".into());
+    format!("{host}-{}", std::process::id())
+}

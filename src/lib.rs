@@ -1,0 +1,18 @@
+//! Sluice: a Kubernetes operator that gates ML prediction-server releases behind Tekton security
+//! stages, signs the image that passed, and rolls it out by digest.
+
+pub mod api;
+pub mod cli;
+pub mod crds;
+pub mod dag;
+pub mod gates;
+pub mod leader;
+pub mod metrics;
+pub mod names;
+pub mod operator;
+pub mod reconcile;
+pub mod tekton;
+pub mod telemetry;
+
+#[cfg(test)]
+mod fixtures;

@@ -1,0 +1,166 @@
+//! `sluice run`: the HTTP endpoints, leader election and both controllers.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use futures::StreamExt;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{Controller, reflector::ObjectRef, watcher},
+};
+use tracing::{error, info};
+
+use crate::{
+    api::{ModelRelease, SecurePipeline},
+    leader::{Leadership, LeaseConfig},
+    metrics::{Metrics, SharedMetrics},
+    reconcile::{self, Context},
+    tekton::TaskRun,
+};
+
+/// Settings of `sluice run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Address of /healthz, /readyz and /metrics.
+    pub listen: SocketAddr,
+    /// Leader-election Lease.
+    pub lease: LeaseConfig,
+}
+
+#[derive(Clone)]
+struct Web {
+    metrics: SharedMetrics,
+    ready: Arc<AtomicBool>,
+}
+
+/// Runs until a signal arrives or leadership is lost.
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics: SharedMetrics = Arc::new(Metrics::default());
+    let web = Web {
+        metrics: metrics.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    info!(address = %config.listen, "serving /healthz, /readyz and /metrics");
+    let server = tokio::spawn(axum::serve(listener, router(web.clone())).into_future());
+    // A standby replica is healthy and ready: it serves probes while it waits for the Lease.
+    web.ready.store(true, Ordering::SeqCst);
+
+    let leadership = tokio::select! {
+        l = Leadership::acquire(client.clone(), config.lease.clone()) => l,
+        _ = shutdown_signal() => { server.abort(); return Ok(()); }
+    };
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone()));
+    let outcome = tokio::select! {
+        () = controllers(client, ctx, metrics) => Ok(()),
+        () = leadership.keep() => Err(anyhow::anyhow!("lost leadership; exiting so a new process can rejoin the election")),
+    };
+    leadership.release().await;
+    server.abort();
+    outcome
+}
+
+fn router(web: Web) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(w): State<Web>| async move {
+                if w.ready.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(w): State<Web>| async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    w.metrics.render(),
+                )
+            }),
+        )
+        .with_state(web)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { futures::future::pending::<()>().await } } => {},
+    }
+}
+
+async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics) {
+    let releases: Api<ModelRelease> = Api::all(client.clone());
+    let pipelines: Api<SecurePipeline> = Api::all(client.clone());
+    let task_runs: Api<TaskRun> = Api::all(client.clone());
+    let wc = watcher::Config::default().any_semantic();
+
+    let release_controller = Controller::new(releases.clone(), wc.clone());
+    let release_store = release_controller.store();
+    metrics.watch_releases(release_store.clone());
+    let release_loop = release_controller
+        .owns(
+            task_runs,
+            watcher::Config::default().labels(crate::api::LABEL_RELEASE),
+        )
+        .watches(
+            pipelines.clone(),
+            wc.clone(),
+            move |pipeline: SecurePipeline| {
+                let ns = pipeline.namespace();
+                let name = pipeline.name_any();
+                release_store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.namespace() == ns && r.spec.pipeline_ref.name == name)
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            reconcile::release::reconcile,
+            |_, e, ctx| reconcile::error_policy(reconcile::release::CONTROLLER, e, &ctx.metrics),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    let pipeline_loop = Controller::new(pipelines, wc.clone())
+        .watches(releases, wc, |r: ModelRelease| {
+            r.namespace()
+                .map(|ns| ObjectRef::<SecurePipeline>::new(&r.spec.pipeline_ref.name).within(&ns))
+        })
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            reconcile::pipeline::reconcile,
+            |_, e, ctx| reconcile::error_policy(reconcile::pipeline::CONTROLLER, e, &ctx.metrics),
+            ctx,
+        )
+        .for_each(|_| async {});
+    info!("controllers started");
+    tokio::join!(release_loop, pipeline_loop);
+    info!("controllers stopped");
+}
+
+/// Default lease duration: a successor takes over at most this long after a crash.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+
+/// Logs a fatal error of `run`.
+pub fn report(e: &anyhow::Error) {
+    error!(error = %e, "sluice stopped");
+}

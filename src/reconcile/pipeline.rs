@@ -1,0 +1,187 @@
+//! SecurePipeline reconciler: validates what the CRD schema cannot (the stage graph, that the
+//! referenced Tasks and the signing Secret exist) and reports Ready or Stalled.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+
+use super::{Ctx, Error, api, release_plan};
+use crate::{
+    api::{
+        ModelRelease, SecurePipeline, SecurePipelineStatus,
+        conditions::{self, reason},
+    },
+    metrics::ControllerLabels,
+    tekton::Task,
+};
+
+/// The controller's name in metrics and logs.
+pub const CONTROLLER: &str = "securepipeline";
+
+/// What the pipeline's references resolved to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct References {
+    /// Task names referenced by stages that do not exist.
+    pub missing_tasks: Vec<String>,
+    /// Whether the signing Secret is named and missing.
+    pub signing_secret_missing: bool,
+    /// Newest ModelRelease of this pipeline.
+    pub last_release: Option<String>,
+}
+
+/// Reconciles one SecurePipeline.
+pub async fn reconcile(pipeline: Arc<SecurePipeline>, ctx: Ctx) -> Result<Action, Error> {
+    let labels = ControllerLabels {
+        controller: CONTROLLER,
+    };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&pipeline, &ctx).await;
+    ctx.metrics
+        .duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(pipeline: &SecurePipeline, ctx: &Ctx) -> Result<Action, Error> {
+    let ns = pipeline.namespace().ok_or(Error::NoNamespace)?;
+    let refs = dereference(pipeline, ctx, &ns).await?;
+    let old = pipeline.status.clone().unwrap_or_default();
+    let status = build_status(pipeline, &refs, Time((ctx.now)()));
+    let ready = conditions::is_true(&status.conditions, conditions::READY);
+    if status != old {
+        let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "SecurePipeline", "status": status});
+        Api::<SecurePipeline>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(
+                &pipeline.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(api("patch-pipeline-status"))?;
+        let was_ready = conditions::is_true(&old.conditions, conditions::READY);
+        if ready != was_ready || old.conditions.is_empty() {
+            let message = conditions::get(&status.conditions, conditions::READY)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            let reason = if ready { reason::VALID } else { "Invalid" };
+            ctx.publish(pipeline, !ready, reason, "Validate", message)
+                .await;
+        }
+    }
+    // Tasks and Secrets are not watched: look again soon while something is missing.
+    Ok(Action::requeue(Duration::from_secs(if ready {
+        300
+    } else {
+        30
+    })))
+}
+
+async fn dereference(pipeline: &SecurePipeline, ctx: &Ctx, ns: &str) -> Result<References, Error> {
+    let tasks: Api<Task> = Api::namespaced(ctx.client.clone(), ns);
+    let mut refs = References::default();
+    for stage in &pipeline.spec.stages {
+        let kind = stage.task_ref.kind.as_deref().unwrap_or("Task");
+        let Some(name) = stage.task_ref.name.as_ref().filter(|_| kind == "Task") else {
+            continue;
+        };
+        if !refs.missing_tasks.contains(name)
+            && tasks
+                .get_metadata_opt(name)
+                .await
+                .map_err(api("get-task"))?
+                .is_none()
+        {
+            refs.missing_tasks.push(name.clone());
+        }
+    }
+    if let Some(signing) = &pipeline.spec.signing {
+        // Metadata only: the key material never leaves the API server here.
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        refs.signing_secret_missing = secrets
+            .get_metadata_opt(&signing.secret_ref.name)
+            .await
+            .map_err(api("get-secret"))?
+            .is_none();
+    }
+    let releases: Api<ModelRelease> = Api::namespaced(ctx.client.clone(), ns);
+    let name = pipeline.name_any();
+    refs.last_release = releases
+        .list(&ListParams::default())
+        .await
+        .map_err(api("list-releases"))?
+        .items
+        .into_iter()
+        .filter(|r| r.spec.pipeline_ref.name == name)
+        .max_by(|a, b| {
+            (
+                a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                a.name_any(),
+            )
+                .cmp(&(
+                    b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    b.name_any(),
+                ))
+        })
+        .map(|r| r.name_any());
+    Ok(refs)
+}
+
+/// The status a pipeline should have, given what its references resolved to. Pure.
+pub fn build_status(
+    pipeline: &SecurePipeline,
+    refs: &References,
+    now: Time,
+) -> SecurePipelineStatus {
+    let mut status = pipeline.status.clone().unwrap_or_default();
+    let generation = pipeline.metadata.generation;
+    let name = pipeline.name_any();
+    let problem = release_plan::pipeline_problem(pipeline)
+        .map(|p| (p.reason, p.message))
+        .or_else(|| {
+            (!refs.missing_tasks.is_empty()).then(|| {
+                (
+                    reason::TASK_NOT_FOUND,
+                    format!("SecurePipeline {name}: Task {} not found in namespace {}; apply the Task or fix the stage's taskRef", refs.missing_tasks.join(", "), pipeline.namespace().unwrap_or_default()),
+                )
+            })
+        })
+        .or_else(|| {
+            refs.signing_secret_missing.then(|| {
+                let secret = pipeline.spec.signing.as_ref().map(|s| s.secret_ref.name.clone()).unwrap_or_default();
+                (
+                    reason::SIGNING_SECRET_NOT_FOUND,
+                    format!("SecurePipeline {name}: signing Secret {secret} not found; create it with `cosign generate-key-pair k8s://<namespace>/{secret}`"),
+                )
+            })
+        });
+    let mut set = |t: &str, s: bool, r: &str, m: &str| {
+        conditions::set(&mut status.conditions, t, s, r, m, generation, &now)
+    };
+    match &problem {
+        Some((r, m)) => {
+            set(conditions::READY, false, r, m);
+            set(conditions::STALLED, true, r, m);
+        }
+        None => {
+            let m = format!(
+                "{} stages valid; ready for releases",
+                pipeline.spec.stages.len()
+            );
+            set(conditions::READY, true, reason::VALID, &m);
+            set(conditions::STALLED, false, reason::VALID, &m);
+        }
+    }
+    set(conditions::RECONCILING, false, reason::IDLE, "validated");
+    status.observed_generation = generation;
+    status.stage_count = u32::try_from(pipeline.spec.stages.len()).ok();
+    status.last_release = refs.last_release.clone();
+    status
+}

@@ -1,0 +1,435 @@
+//! What one reconcile of a ModelRelease should do, computed from what was observed. Pure: no client,
+//! no clock, so every decision is testable from fixtures.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::{Timestamp, tz::TimeZone};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use crate::{
+    api::{
+        LABEL_STAGE, ModelRelease, ModelReleaseStatus, Phase, SecurePipeline, Stage,
+        conditions::{self, reason},
+        pipeline::Produces,
+        release::{ImageRef, StageState, StageStatus, Verdict},
+    },
+    dag,
+    gates::{self, GateContext},
+    tekton::{self, TaskRun},
+};
+
+/// An Event to publish about the release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// PascalCase reason.
+    pub reason: &'static str,
+    /// Human-readable note.
+    pub note: String,
+}
+
+/// The outcome of planning one reconcile.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// TaskRuns to create.
+    pub create: Vec<TaskRun>,
+    /// The status the release should have.
+    pub status: ModelReleaseStatus,
+    /// Events to publish.
+    pub notices: Vec<Notice>,
+    /// Verdicts decided in this reconcile, for metrics: (stage, verdict, category).
+    pub decided: Vec<(String, Verdict, &'static str)>,
+}
+
+/// Why the pipeline cannot be used, as a condition reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    /// Condition reason.
+    pub reason: &'static str,
+    /// Condition message.
+    pub message: String,
+}
+
+/// Checks what the controller can check beyond the CRD's CEL rules.
+pub fn pipeline_problem(pipeline: &SecurePipeline) -> Option<Unusable> {
+    let name = pipeline.name_any();
+    if let Err(e) = dag::order(&pipeline.spec.stages) {
+        return Some(Unusable {
+            reason: reason::PIPELINE_INVALID,
+            message: format!("SecurePipeline {name}: {e}; fix spec.stages"),
+        });
+    }
+    let builders = pipeline
+        .spec
+        .stages
+        .iter()
+        .filter(|s| s.produces == Some(Produces::Image))
+        .count();
+    (builders != 1).then(|| Unusable {
+        reason: reason::PIPELINE_INVALID,
+        message: format!("SecurePipeline {name}: exactly one stage must declare produces: image, found {builders}"),
+    })
+}
+
+/// Plans one reconcile of `release`, given its pipeline (None when it does not exist) and the
+/// TaskRuns labelled with its name.
+pub fn plan(
+    release: &ModelRelease,
+    pipeline: Option<&SecurePipeline>,
+    task_runs: &[TaskRun],
+    now: Timestamp,
+) -> Plan {
+    let old = release.status.clone().unwrap_or_default();
+    let mut builder = Builder::new(release, old.clone(), now);
+    match pipeline {
+        None => builder.stalled(Unusable {
+            reason: reason::PIPELINE_NOT_FOUND,
+            message: format!(
+                "SecurePipeline {} not found in namespace {}; create it or fix spec.pipelineRef",
+                release.spec.pipeline_ref.name,
+                release.namespace().unwrap_or_default()
+            ),
+        }),
+        Some(p) => match pipeline_problem(p) {
+            Some(problem) => builder.stalled(problem),
+            None => builder.run_stages(p, task_runs),
+        },
+    }
+    builder.finish(&old)
+}
+
+struct Builder<'a> {
+    release: &'a ModelRelease,
+    status: ModelReleaseStatus,
+    now: Timestamp,
+    create: Vec<TaskRun>,
+    notices: Vec<Notice>,
+    decided: Vec<(String, Verdict, &'static str)>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(release: &'a ModelRelease, status: ModelReleaseStatus, now: Timestamp) -> Self {
+        Self {
+            release,
+            status,
+            now,
+            create: Vec::new(),
+            notices: Vec::new(),
+            decided: Vec::new(),
+        }
+    }
+
+    fn condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+        let generation = self.release.metadata.generation;
+        let now = Time(self.now);
+        conditions::set(
+            &mut self.status.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+            &now,
+        );
+    }
+
+    fn stalled(&mut self, problem: Unusable) {
+        if self.status.phase.is_final() {
+            return;
+        }
+        self.condition(conditions::READY, false, problem.reason, &problem.message);
+        self.condition(conditions::STALLED, true, problem.reason, &problem.message);
+        self.condition(
+            conditions::RECONCILING,
+            false,
+            problem.reason,
+            &problem.message,
+        );
+    }
+
+    fn run_stages(&mut self, pipeline: &SecurePipeline, task_runs: &[TaskRun]) {
+        let by_stage: BTreeMap<&str, &TaskRun> = task_runs
+            .iter()
+            .filter_map(|tr| tr.labels().get(LABEL_STAGE).map(|s| (s.as_str(), tr)))
+            .collect();
+        let today = self.now.to_zoned(TimeZone::UTC).date();
+        let ctx = GateContext {
+            exceptions: &pipeline.spec.exceptions,
+            today,
+            repository: &pipeline.spec.image.repository,
+        };
+        let ordered = dag::order(&pipeline.spec.stages).unwrap_or_default();
+        let pre: Vec<&Stage> = ordered
+            .iter()
+            .copied()
+            .filter(|s| !s.is_post_deploy())
+            .collect();
+        // First judge whatever has finished, so a block seen now stops every stage not yet started.
+        let mut entries: Vec<StageStatus> = pre
+            .iter()
+            .map(|s| self.observe(s, by_stage.get(s.name.as_str()), ctx))
+            .collect();
+        let blocked = entries.iter().any(|e| e.gate == Some(Verdict::Blocked));
+        let may_start = !blocked && !self.status.phase.is_final();
+        let passed: BTreeSet<String> = entries
+            .iter()
+            .filter(|e| e.gate == Some(Verdict::Passed))
+            .map(|e| e.name.clone())
+            .collect();
+        for (stage, entry) in pre.iter().zip(entries.iter_mut()) {
+            if entry.state != StageState::Waiting {
+                continue;
+            }
+            if blocked {
+                entry.state = StageState::NotRun;
+                entry.gate = Some(Verdict::Skipped);
+                entry.reason = Some("not run: the release was blocked by another stage".into());
+            } else if may_start && dag::is_ready(stage, &passed) {
+                let tr = tekton::build(self.release, pipeline, stage, self.status.image.as_ref());
+                entry.state = StageState::Running;
+                entry.task_run = tr.metadata.name.clone();
+                self.notices.push(Notice {
+                    warning: false,
+                    reason: "TaskRunCreated",
+                    note: format!(
+                        "created TaskRun {} for stage {}",
+                        tr.metadata.name.clone().unwrap_or_default(),
+                        stage.name
+                    ),
+                });
+                self.create.push(tr);
+            }
+        }
+        entries.extend(
+            ordered
+                .iter()
+                .filter(|s| s.is_post_deploy())
+                .map(|s| waiting(s, "runs after the rollout")),
+        );
+        self.status.stages = entries;
+        self.decide_phase(pre.len());
+    }
+
+    /// The status of one stage from its previous entry and its TaskRun; a verdict once given stands.
+    fn observe(
+        &mut self,
+        stage: &Stage,
+        tr: Option<&&TaskRun>,
+        ctx: GateContext<'_>,
+    ) -> StageStatus {
+        if let Some(prev) = self
+            .status
+            .stages
+            .iter()
+            .find(|e| e.name == stage.name && e.gate.is_some())
+        {
+            return prev.clone();
+        }
+        let Some(tr) = tr else {
+            return waiting(stage, "waiting for the stages it runs after");
+        };
+        let mut entry = StageStatus {
+            name: stage.name.clone(),
+            task_run: tr.metadata.name.clone(),
+            state: StageState::Running,
+            gate: None,
+            findings: None,
+            tests: None,
+            exceptions_applied: Vec::new(),
+            reason: None,
+            completed_at: None,
+        };
+        let Some(outcome) = tekton::outcome(tr) else {
+            return entry;
+        };
+        let verdict = gates::judge(stage, &outcome, &tekton::results(tr), ctx);
+        entry.state = match outcome {
+            gates::RunOutcome::Succeeded => StageState::Succeeded,
+            gates::RunOutcome::Failed { .. } => StageState::Failed,
+            gates::RunOutcome::TimedOut => StageState::TimedOut,
+            gates::RunOutcome::Cancelled => StageState::Cancelled,
+        };
+        entry.gate = Some(verdict.verdict);
+        entry.findings = verdict.findings;
+        entry.tests = verdict.tests;
+        entry.exceptions_applied = verdict.exceptions_applied;
+        entry.reason = Some(verdict.reason.clone());
+        entry.completed_at = tr.status.as_ref().and_then(|s| s.completion_time.clone());
+        if let (Verdict::Passed, Some(image)) = (verdict.verdict, verdict.image) {
+            self.status.image = Some(ImageRef {
+                repository: image.repository,
+                digest: image.digest,
+            });
+        }
+        self.decided
+            .push((stage.name.clone(), verdict.verdict, verdict.category));
+        self.notices.push(Notice {
+            warning: verdict.verdict == Verdict::Blocked,
+            reason: if verdict.verdict == Verdict::Blocked {
+                "GateBlocked"
+            } else {
+                "GatePassed"
+            },
+            note: verdict.reason,
+        });
+        entry
+    }
+
+    fn decide_phase(&mut self, gate_count: usize) {
+        let passed = self
+            .status
+            .stages
+            .iter()
+            .filter(|e| e.gate == Some(Verdict::Passed))
+            .count();
+        self.status.gates_summary = Some(format!("{passed}/{gate_count}"));
+        if self.status.phase.is_final() {
+            return;
+        }
+        let blocking: Vec<String> = self
+            .status
+            .stages
+            .iter()
+            .filter(|e| e.gate == Some(Verdict::Blocked))
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        if !blocking.is_empty() {
+            let message = format!("release blocked: {}", blocking.join("; "));
+            self.status.phase = Phase::Blocked;
+            self.condition(
+                conditions::GATES_PASSED,
+                false,
+                reason::GATE_BLOCKED,
+                &message,
+            );
+            self.condition(conditions::READY, false, reason::GATE_BLOCKED, &message);
+            self.condition(conditions::STALLED, true, reason::GATE_BLOCKED, &message);
+            self.condition(
+                conditions::RECONCILING,
+                false,
+                reason::GATE_BLOCKED,
+                &message,
+            );
+        } else if passed == gate_count {
+            let image = self.status.image.as_ref().map_or_else(String::new, |i| {
+                format!(" for {}@{}", i.repository, i.digest)
+            });
+            let gates_message = format!("all {gate_count} pre-deploy gates passed{image}");
+            let waiting = format!(
+                "{gates_message}; waiting for the signer, which this version of Sluice does not run yet"
+            );
+            self.status.phase = Phase::Signing;
+            self.condition(
+                conditions::GATES_PASSED,
+                true,
+                reason::GATES_PASSED,
+                &gates_message,
+            );
+            self.condition(conditions::READY, false, reason::AWAITING_SIGNER, &waiting);
+            self.condition(
+                conditions::STALLED,
+                false,
+                reason::AWAITING_SIGNER,
+                &waiting,
+            );
+            self.condition(
+                conditions::RECONCILING,
+                true,
+                reason::AWAITING_SIGNER,
+                &waiting,
+            );
+        } else {
+            let running: Vec<&str> = self
+                .status
+                .stages
+                .iter()
+                .filter(|e| e.state == StageState::Running)
+                .map(|e| e.name.as_str())
+                .collect();
+            self.status.phase = if running.is_empty() && passed == 0 {
+                Phase::Pending
+            } else {
+                Phase::Running
+            };
+            let message = format!(
+                "{passed}/{gate_count} gates passed; running: {}",
+                if running.is_empty() {
+                    "none".to_string()
+                } else {
+                    running.join(", ")
+                }
+            );
+            self.condition(
+                conditions::GATES_PASSED,
+                false,
+                reason::GATES_PENDING,
+                &message,
+            );
+            self.condition(conditions::READY, false, reason::PROGRESSING, &message);
+            self.condition(conditions::STALLED, false, reason::PROGRESSING, &message);
+            self.condition(conditions::RECONCILING, true, reason::PROGRESSING, &message);
+        }
+    }
+
+    fn finish(mut self, old: &ModelReleaseStatus) -> Plan {
+        self.status.observed_generation = self.release.metadata.generation;
+        if self.status.phase != old.phase {
+            let message = conditions::get(&self.status.conditions, conditions::READY)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            self.notices.push(Notice {
+                warning: matches!(
+                    self.status.phase,
+                    Phase::Blocked | Phase::Failed | Phase::RolledBack
+                ),
+                reason: self.status.phase.as_str(),
+                note: format!(
+                    "phase {} -> {}: {message}",
+                    old.phase.as_str(),
+                    self.status.phase.as_str()
+                ),
+            });
+        } else if conditions::is_true(&self.status.conditions, conditions::STALLED)
+            && !conditions::is_true(&old.conditions, conditions::STALLED)
+        {
+            let c = conditions::get(&self.status.conditions, conditions::STALLED).cloned();
+            if let Some(c) = c {
+                self.notices.push(Notice {
+                    warning: true,
+                    reason: static_reason(&c.reason),
+                    note: c.message,
+                });
+            }
+        }
+        Plan {
+            create: self.create,
+            status: self.status,
+            notices: self.notices,
+            decided: self.decided,
+        }
+    }
+}
+
+fn static_reason(r: &str) -> &'static str {
+    match r {
+        reason::PIPELINE_NOT_FOUND => reason::PIPELINE_NOT_FOUND,
+        reason::PIPELINE_INVALID => reason::PIPELINE_INVALID,
+        _ => "Stalled",
+    }
+}
+
+fn waiting(stage: &Stage, why: &str) -> StageStatus {
+    StageStatus {
+        name: stage.name.clone(),
+        task_run: None,
+        state: StageState::Waiting,
+        gate: None,
+        findings: None,
+        tests: None,
+        exceptions_applied: Vec::new(),
+        reason: Some(why.to_string()),
+        completed_at: None,
+    }
+}

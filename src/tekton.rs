@@ -1,0 +1,319 @@
+//! The part of Tekton's `TaskRun` (tekton.dev/v1) Sluice writes and reads, and the mapping from a
+//! release's stage to a TaskRun.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{CustomResource, Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    api::{
+        LABEL_PIPELINE, LABEL_RELEASE, LABEL_STAGE, ModelRelease, SecurePipeline, Stage,
+        pipeline::{Param, WorkspaceBinding},
+        release::ImageRef,
+    },
+    gates::{RunOutcome, StageResults},
+    names,
+};
+
+/// The TaskRun fields Sluice sets; Tekton fills in the rest.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "tekton.dev",
+    version = "v1",
+    kind = "TaskRun",
+    namespaced,
+    status = "TaskRunStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRunSpec {
+    /// The Task to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_ref: Option<TektonTaskRef>,
+    /// Parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<Param>,
+    /// Workspace bindings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workspaces: Vec<WorkspaceBinding>,
+    /// ServiceAccount the pod runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Timeout, a Go duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// Tekton's taskRef: a name and kind, or a resolver with params.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TektonTaskRef {
+    /// Task name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Task kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Remote resolver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<String>,
+    /// Resolver parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<Param>,
+}
+
+/// A Tekton Task; only its metadata is ever read, to check that a stage's Task exists.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "tekton.dev",
+    version = "v1",
+    kind = "Task",
+    namespaced,
+    schema = "disabled"
+)]
+pub struct TaskSpec {
+    /// The Task's steps and the rest, kept opaque.
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The TaskRun status fields Sluice reads.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRunStatus {
+    /// Knative-style conditions; Succeeded tells the outcome.
+    #[serde(default)]
+    pub conditions: Vec<TektonCondition>,
+    /// Results written by the steps.
+    #[serde(default)]
+    pub results: Vec<TaskRunResult>,
+    /// When the TaskRun finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    /// The pod that ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+}
+
+/// A Knative condition.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct TektonCondition {
+    /// Condition type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// Reason.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Message.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// One result. Its value is a string, array or object; Sluice only uses strings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct TaskRunResult {
+    /// Result name.
+    pub name: String,
+    /// Result value.
+    #[serde(default)]
+    pub value: serde_json::Value,
+}
+
+/// The outcome of a TaskRun, or None while it runs.
+pub fn outcome(tr: &TaskRun) -> Option<RunOutcome> {
+    let status = tr.status.as_ref()?;
+    let cond = status.conditions.iter().find(|c| c.type_ == "Succeeded")?;
+    let reason = cond.reason.clone().unwrap_or_default();
+    match cond.status.as_str() {
+        "True" => Some(RunOutcome::Succeeded),
+        "False" => Some(match reason.as_str() {
+            "TaskRunTimeout" => RunOutcome::TimedOut,
+            "TaskRunCancelled" => RunOutcome::Cancelled,
+            _ => RunOutcome::Failed {
+                reason,
+                message: cond.message.clone().unwrap_or_default(),
+            },
+        }),
+        _ => None,
+    }
+}
+
+/// The results of a TaskRun for the gates.
+pub fn results(tr: &TaskRun) -> StageResults {
+    StageResults::new(
+        tr.status
+            .iter()
+            .flat_map(|s| s.results.iter())
+            .map(|r| (r.name.clone(), r.value.clone()))
+            .collect(),
+    )
+}
+
+/// Whether a label or annotation key is kubectl's own and must not propagate.
+fn propagates(key: &str) -> bool {
+    !key.starts_with("kubectl.kubernetes.io/")
+}
+
+/// Builds the TaskRun of one stage of a release.
+pub fn build(
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    stage: &Stage,
+    image: Option<&ImageRef>,
+) -> TaskRun {
+    let release_name = release.name_any();
+    let mut labels: BTreeMap<String, String> = release
+        .labels()
+        .iter()
+        .filter(|(k, _)| propagates(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(LABEL_RELEASE.into(), release_name.clone());
+    labels.insert(LABEL_STAGE.into(), stage.name.clone());
+    labels.insert(LABEL_PIPELINE.into(), pipeline.name_any());
+    labels.insert("app.kubernetes.io/managed-by".into(), "sluice".into());
+    let annotations: BTreeMap<String, String> = release
+        .annotations()
+        .iter()
+        .filter(|(k, _)| propagates(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let metadata = ObjectMeta {
+        name: Some(names::task_run_name(&release_name, &stage.name)),
+        namespace: release.namespace(),
+        labels: Some(labels),
+        annotations: (!annotations.is_empty()).then_some(annotations),
+        owner_references: owner_reference(release).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    };
+    let spec = TaskRunSpec {
+        task_ref: Some(TektonTaskRef {
+            name: stage.task_ref.name.clone(),
+            kind: stage.task_ref.kind.clone(),
+            resolver: stage.task_ref.resolver.clone(),
+            params: stage.task_ref.params.clone(),
+        }),
+        params: params(release, pipeline, stage, image),
+        workspaces: stage.workspaces.clone(),
+        service_account_name: pipeline.spec.service_account_name.clone(),
+        timeout: stage.timeout.clone(),
+    };
+    TaskRun {
+        metadata,
+        spec,
+        status: None,
+    }
+}
+
+fn owner_reference(release: &ModelRelease) -> Option<OwnerReference> {
+    let mut owner = release.controller_owner_ref(&())?;
+    owner.block_owner_deletion = Some(true);
+    Some(owner)
+}
+
+fn params(
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    stage: &Stage,
+    image: Option<&ImageRef>,
+) -> Vec<Param> {
+    let p = |name: &str, value: String| Param {
+        name: name.to_string(),
+        value,
+    };
+    let mut out = vec![
+        p("SOURCE_URL", pipeline.spec.source.url.clone()),
+        p("SOURCE_REVISION", release.spec.revision.clone()),
+        p(
+            "IMAGE",
+            format!(
+                "{}:{}",
+                pipeline.spec.image.repository,
+                image_tag(&release.spec.revision)
+            ),
+        ),
+    ];
+    if let Some(image) = image {
+        out.push(p("IMAGE_DIGEST", image.digest.clone()));
+    }
+    // A stage's own params may not override the ones Sluice guarantees.
+    out.extend(
+        stage
+            .params
+            .iter()
+            .filter(|sp| !out.iter().any(|o| o.name == sp.name))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    out
+}
+
+/// A revision made into a valid image tag (letters, digits, `_.-`, at most 128 characters).
+pub fn image_tag(revision: &str) -> String {
+    let mut tag: String = revision
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    tag.truncate(128);
+    if tag.starts_with(['.', '-']) {
+        tag.insert(0, 'r');
+        tag.truncate(128);
+    }
+    tag
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn outcome_follows_the_succeeded_condition() {
+        let tr = |status: &str, reason: &str| -> TaskRun {
+            serde_json::from_value(json!({
+                "apiVersion": "tekton.dev/v1", "kind": "TaskRun", "metadata": {"name": "x"}, "spec": {},
+                "status": {"conditions": [{"type": "Succeeded", "status": status, "reason": reason, "message": "m"}]}
+            }))
+            .expect("valid TaskRun")
+        };
+        assert_eq!(outcome(&tr("Unknown", "Running")), None);
+        assert_eq!(
+            outcome(&tr("True", "Succeeded")),
+            Some(RunOutcome::Succeeded)
+        );
+        assert_eq!(
+            outcome(&tr("False", "TaskRunTimeout")),
+            Some(RunOutcome::TimedOut)
+        );
+        assert_eq!(
+            outcome(&tr("False", "TaskRunCancelled")),
+            Some(RunOutcome::Cancelled)
+        );
+        assert_eq!(
+            outcome(&tr("False", "Failed")),
+            Some(RunOutcome::Failed {
+                reason: "Failed".into(),
+                message: "m".into()
+            })
+        );
+    }
+
+    #[test]
+    fn image_tags_are_valid() {
+        assert_eq!(image_tag("3f2a9c1"), "3f2a9c1");
+        assert_eq!(image_tag("feature/x"), "feature-x");
+        assert_eq!(image_tag("-x"), "r-x");
+        assert_eq!(image_tag(&"a".repeat(300)).len(), 128);
+    }
+}
