@@ -206,17 +206,24 @@ impl Findings {
     }
 }
 
+/// Parses a result that must be one JSON object of type `T`. serde would also accept a JSON
+/// array as a struct's fields in order; the contract is an object, so anything else is malformed.
+fn json_object<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, ResultError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| malformed(name, json_detail(&e)))?;
+    if !value.is_object() {
+        return Err(malformed(name, "not a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| malformed(name, json_detail(&e)))
+}
+
 /// Parses TEST_OUTPUT.
 pub fn test_output(results: &StageResults) -> Result<TestOutput, ResultError> {
-    let text = results.get(TEST_OUTPUT)?;
-    serde_json::from_str(text).map_err(|e| malformed(TEST_OUTPUT, json_detail(&e)))
+    json_object(TEST_OUTPUT, results.get(TEST_OUTPUT)?)
 }
 
 /// Parses FINDINGS, checking the bounds of its ID list.
 pub fn findings(results: &StageResults) -> Result<Findings, ResultError> {
-    let text = results.get(FINDINGS)?;
-    let parsed: Findings =
-        serde_json::from_str(text).map_err(|e| malformed(FINDINGS, json_detail(&e)))?;
+    let parsed: Findings = json_object(FINDINGS, results.get(FINDINGS)?)?;
     if parsed.ids.len() > MAX_FINDING_IDS {
         return Err(malformed(
             FINDINGS,

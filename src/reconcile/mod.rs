@@ -8,6 +8,7 @@ pub mod release_plan;
 use std::{sync::Arc, time::Duration};
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Client, Resource,
     runtime::{
@@ -54,6 +55,7 @@ impl Context {
         reason: &str,
         action: &str,
         note: String,
+        related: Option<ObjectReference>,
     ) {
         let mut note = note;
         // The Events API limits notes to 1 kB.
@@ -73,7 +75,7 @@ impl Context {
             reason: reason.to_string(),
             note: Some(note),
             action: action.to_string(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish event");

@@ -72,7 +72,7 @@ async fn reconcile_inner(pipeline: &SecurePipeline, ctx: &Ctx) -> Result<Action,
                 .map(|c| c.message.clone())
                 .unwrap_or_default();
             let reason = if ready { reason::VALID } else { "Invalid" };
-            ctx.publish(pipeline, !ready, reason, "Validate", message)
+            ctx.publish(pipeline, !ready, reason, "Validate", message, None)
                 .await;
         }
     }

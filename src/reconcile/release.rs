@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -72,7 +73,14 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
     }
     for n in plan.notices {
         info!(release = %name, namespace = %ns, reason = n.reason, "{}", n.note);
-        ctx.publish(release, n.warning, n.reason, "Reconcile", n.note)
+        let related = n.task_run.map(|tr| ObjectReference {
+            api_version: Some("tekton.dev/v1".into()),
+            kind: Some("TaskRun".into()),
+            name: Some(tr),
+            namespace: Some(ns.clone()),
+            ..ObjectReference::default()
+        });
+        ctx.publish(release, n.warning, n.reason, "Reconcile", n.note, related)
             .await;
     }
     Ok(next_action(&plan.status, pipeline.is_some()))
@@ -100,5 +108,227 @@ fn next_action(status: &crate::api::ModelReleaseStatus, pipeline_found: bool) ->
     } else {
         // TaskRun events trigger reconciles; the periodic one only guards against missed events.
         Action::requeue(Duration::from_secs(300))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::{Method, StatusCode};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{
+        fixtures::{self, ApiServer},
+        reconcile::Context,
+    };
+
+    const PIPELINE_URI: &str = "/apis/sluice.dev/v1alpha1/namespaces/evip/securepipelines/predictor";
+    const TASKRUNS_URI: &str = "/apis/tekton.dev/v1/namespaces/evip/taskruns";
+    const STATUS_URI: &str = "/apis/sluice.dev/v1alpha1/namespaces/evip/modelreleases/predictor-42/status";
+
+    /// The release as the API server returns it after a status patch.
+    fn with_status(patch: &Value) -> Value {
+        let mut release = serde_json::to_value(fixtures::release()).expect("json");
+        release["status"] = patch["status"].clone();
+        release
+    }
+
+    fn list(items: Vec<TaskRun>) -> Value {
+        json!({"apiVersion": "tekton.dev/v1", "kind": "TaskRunList", "metadata": {}, "items": items})
+    }
+
+    async fn serve_pipeline_and_taskruns(server: &mut ApiServer, pipeline: Option<&SecurePipeline>, trs: Vec<TaskRun>) {
+        let get = server.expect(Method::GET, PIPELINE_URI).await;
+        match pipeline {
+            Some(p) => get.ok(&serde_json::to_value(p).expect("json")),
+            None => get.not_found(),
+        }
+        let listed = server.expect(Method::GET, &format!("{TASKRUNS_URI}?&labelSelector=sluice.dev%2Frelease%3Dpredictor-42")).await;
+        listed.ok(&list(trs));
+    }
+
+    /// Runs the reconcile against a scenario and returns what the reconcile returned.
+    async fn run<F, Fut>(release: ModelRelease, scenario: F) -> Result<Action, Error>
+    where
+        F: FnOnce(ApiServer) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ApiServer> + Send + 'static,
+    {
+        let (ctx, server) = Context::test();
+        let verifier = tokio::spawn(scenario(server));
+        let result = tokio::time::timeout(std::time::Duration::from_secs(10), reconcile(Arc::new(release), ctx))
+            .await
+            .expect("reconcile made a request the scenario did not expect");
+        let mut server = verifier.await.expect("scenario passed");
+        server.expect_nothing_more().await;
+        result
+    }
+
+    #[tokio::test]
+    async fn a_new_release_creates_the_taskruns_of_stages_without_dependencies() {
+        let result = run(fixtures::release(), |mut server| async move {
+            serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), vec![]).await;
+            for stage in ["unit-tests", "dependency-audit"] {
+                let post = server.expect(Method::POST, &format!("{TASKRUNS_URI}?&fieldManager=sluice")).await;
+                let tr = &post.body;
+                assert_eq!(tr["metadata"]["name"], format!("predictor-42-{stage}"));
+                assert_eq!(tr["metadata"]["labels"]["sluice.dev/stage"], stage);
+                assert_eq!(tr["metadata"]["labels"]["sluice.dev/release"], "predictor-42");
+                assert_eq!(tr["metadata"]["labels"]["sluice.dev/pipeline"], "predictor");
+                assert_eq!(tr["metadata"]["labels"]["team"], "evip", "release labels propagate");
+                assert_eq!(tr["metadata"]["annotations"], json!({"note": "x"}), "kubectl annotations do not");
+                assert_eq!(tr["metadata"]["ownerReferences"][0]["uid"], "r-uid");
+                assert_eq!(tr["metadata"]["ownerReferences"][0]["controller"], true);
+                assert_eq!(
+                    tr["spec"]["params"],
+                    json!([
+                        {"name": "SOURCE_URL", "value": "https://git.example/evip/predictor.git"},
+                        {"name": "SOURCE_REVISION", "value": "3f2a9c1"},
+                        {"name": "IMAGE", "value": "registry.example/evip/predictor:3f2a9c1"}
+                    ])
+                );
+                assert!(tr["spec"].get("managedBy").is_none());
+                let body = post.body.clone();
+                post.respond(StatusCode::CREATED, &body);
+            }
+            let patch = server.expect(Method::PATCH, STATUS_URI).await;
+            let status = &patch.body["status"];
+            assert_eq!(status["phase"], "Running");
+            assert_eq!(status["observedGeneration"], 1);
+            assert_eq!(status["gatesSummary"], "0/3");
+            let states: Vec<&str> = status["stages"].as_array().expect("stages").iter().map(|s| s["state"].as_str().unwrap_or("")).collect();
+            assert_eq!(states, ["Running", "Running", "Waiting", "Waiting"]);
+            let body = with_status(&patch.body);
+            patch.ok(&body);
+            server.expect_event("TaskRunCreated").await;
+            server.expect_event("TaskRunCreated").await;
+            server.expect_event("Running").await;
+            server
+        })
+        .await;
+        assert!(result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn reconciling_again_creates_nothing_and_patches_nothing() {
+        // The status the first reconcile wrote, computed by the same planner.
+        let running = vec![fixtures::running_task_run("unit-tests"), fixtures::running_task_run("dependency-audit")];
+        let first = release_plan::plan(&fixtures::release(), Some(&fixtures::pipeline()), &[], fixtures::test_now());
+        let mut release = fixtures::release();
+        release.status = Some(first.status);
+        let result = run(release, |mut server| async move {
+            serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), running).await;
+            server
+        })
+        .await;
+        assert!(result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_existing_taskrun_on_create_is_not_an_error() {
+        let result = run(fixtures::release(), |mut server| async move {
+            serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), vec![]).await;
+            for _ in 0..2 {
+                let post = server.expect(Method::POST, TASKRUNS_URI).await;
+                let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "exists"});
+                post.respond(StatusCode::CONFLICT, &conflict);
+            }
+            let patch = server.expect(Method::PATCH, STATUS_URI).await;
+            let body = with_status(&patch.body);
+            patch.ok(&body);
+            for reason in ["TaskRunCreated", "TaskRunCreated", "Running"] {
+                server.expect_event(reason).await;
+            }
+            server
+        })
+        .await;
+        assert!(result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_critical_finding_blocks_the_release_and_starts_nothing_more() {
+        let trs = vec![
+            fixtures::finished_task_run("unit-tests", true, &[("TEST_OUTPUT", r#"{"result":"SUCCESS","successes":12,"failures":0}"#)]),
+            fixtures::finished_task_run("dependency-audit", true, &[("FINDINGS", r#"{"critical":1,"high":0,"medium":0,"low":0,"ids":[{"id":"PYSEC-2024-1","severity":"critical"}]}"#)]),
+        ];
+        let result = run(fixtures::release(), |mut server| async move {
+            serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), trs).await;
+            let patch = server.expect(Method::PATCH, STATUS_URI).await;
+            let status = &patch.body["status"];
+            assert_eq!(status["phase"], "Blocked");
+            assert_eq!(status["stages"][1]["gate"], "Blocked");
+            assert_eq!(status["stages"][1]["findings"]["critical"], 1);
+            assert_eq!(status["stages"][2]["state"], "NotRun");
+            let ready = status["conditions"].as_array().expect("conditions").iter().find(|c| c["type"] == "Ready").expect("Ready").clone();
+            assert_eq!(ready["status"], "False");
+            assert_eq!(ready["reason"], "GateBlocked");
+            assert_eq!(ready["message"], "release blocked: stage dependency-audit: 1 critical above maxSeverity medium");
+            let body = with_status(&patch.body);
+            patch.ok(&body);
+            server.expect_event("GatePassed").await;
+            let blocked = server.expect_event("GateBlocked").await;
+            assert_eq!(blocked["type"], "Warning");
+            server.expect_event("Blocked").await;
+            server
+        })
+        .await;
+        assert!(matches!(result, Ok(a) if a == Action::await_change()));
+    }
+
+    #[tokio::test]
+    async fn passing_gates_start_the_build_with_the_guaranteed_params() {
+        let trs = vec![
+            fixtures::finished_task_run("unit-tests", true, &[("TEST_OUTPUT", r#"{"result":"SUCCESS","successes":12,"failures":0}"#)]),
+            fixtures::finished_task_run("dependency-audit", true, &[("FINDINGS", r#"{"critical":0,"high":0,"medium":1,"low":3}"#)]),
+        ];
+        let result = run(fixtures::release(), |mut server| async move {
+            serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), trs).await;
+            let post = server.expect(Method::POST, TASKRUNS_URI).await;
+            assert_eq!(post.body["metadata"]["name"], "predictor-42-build");
+            assert_eq!(post.body["spec"]["taskRef"], json!({"name": "buildah"}));
+            let body = post.body.clone();
+            post.respond(StatusCode::CREATED, &body);
+            let patch = server.expect(Method::PATCH, STATUS_URI).await;
+            assert_eq!(patch.body["status"]["gatesSummary"], "2/3");
+            let body = with_status(&patch.body);
+            patch.ok(&body);
+            for reason in ["GatePassed", "GatePassed", "TaskRunCreated", "Running"] {
+                server.expect_event(reason).await;
+            }
+            server
+        })
+        .await;
+        assert!(result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_missing_pipeline_stalls_the_release() {
+        let result = run(fixtures::release(), |mut server| async move {
+            serve_pipeline_and_taskruns(&mut server, None, vec![]).await;
+            let patch = server.expect(Method::PATCH, STATUS_URI).await;
+            let conditions = patch.body["status"]["conditions"].as_array().expect("conditions").clone();
+            let stalled = conditions.iter().find(|c| c["type"] == "Stalled").expect("Stalled");
+            assert_eq!(stalled["status"], "True");
+            assert_eq!(stalled["reason"], "PipelineNotFound");
+            assert_eq!(patch.body["status"]["phase"], "Pending");
+            let body = with_status(&patch.body);
+            patch.ok(&body);
+            server.expect_event("PipelineNotFound").await;
+            server
+        })
+        .await;
+        assert!(result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_api_error_is_returned_with_its_category() {
+        let result = run(fixtures::release(), |mut server| async move {
+            let get = server.expect(Method::GET, PIPELINE_URI).await;
+            get.respond(StatusCode::INTERNAL_SERVER_ERROR, &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "message": "boom"}));
+            server
+        })
+        .await;
+        assert_eq!(result.expect_err("error").category(), "get-pipeline");
     }
 }

@@ -28,6 +28,8 @@ pub struct Notice {
     pub reason: &'static str,
     /// Human-readable note.
     pub note: String,
+    /// The TaskRun the event is about, so events about different stages are not merged.
+    pub task_run: Option<String>,
 }
 
 /// The outcome of planning one reconcile.
@@ -189,6 +191,7 @@ impl<'a> Builder<'a> {
             } else if may_start && dag::is_ready(stage, &passed) {
                 let tr = tekton::build(self.release, pipeline, stage, self.status.image.as_ref());
                 entry.state = StageState::Running;
+                entry.reason = None;
                 entry.task_run = tr.metadata.name.clone();
                 self.notices.push(Notice {
                     warning: false,
@@ -198,6 +201,7 @@ impl<'a> Builder<'a> {
                         tr.metadata.name.clone().unwrap_or_default(),
                         stage.name
                     ),
+                    task_run: tr.metadata.name.clone(),
                 });
                 self.create.push(tr);
             }
@@ -273,6 +277,7 @@ impl<'a> Builder<'a> {
                 "GatePassed"
             },
             note: verdict.reason,
+            task_run: tr.metadata.name.clone(),
         });
         entry
     }
@@ -390,6 +395,7 @@ impl<'a> Builder<'a> {
                     old.phase.as_str(),
                     self.status.phase.as_str()
                 ),
+                task_run: None,
             });
         } else if conditions::is_true(&self.status.conditions, conditions::STALLED)
             && !conditions::is_true(&old.conditions, conditions::STALLED)
@@ -400,6 +406,7 @@ impl<'a> Builder<'a> {
                     warning: true,
                     reason: static_reason(&c.reason),
                     note: c.message,
+                    task_run: None,
                 });
             }
         }
@@ -431,5 +438,24 @@ fn waiting(stage: &Stage, why: &str) -> StageStatus {
         exceptions_applied: Vec::new(),
         reason: Some(why.to_string()),
         completed_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    #[test]
+    fn planning_again_from_the_written_status_changes_nothing() {
+        let first = plan(&fixtures::release(), Some(&fixtures::pipeline()), &[], fixtures::test_now());
+        let mut release = fixtures::release();
+        release.status = Some(first.status.clone());
+        let running = [fixtures::running_task_run("unit-tests"), fixtures::running_task_run("dependency-audit")];
+        let later = fixtures::test_now() + jiff::SignedDuration::from_secs(60);
+        let second = plan(&release, Some(&fixtures::pipeline()), &running, later);
+        assert!(second.create.is_empty());
+        assert!(second.notices.is_empty(), "{:?}", second.notices);
+        assert_eq!(second.status, first.status);
     }
 }
