@@ -3,6 +3,7 @@
 use std::{fs, path::Path};
 
 use kube::CustomResourceExt;
+use serde_json::Value;
 
 use crate::api::{ModelRelease, SecurePipeline};
 
@@ -12,9 +13,31 @@ pub fn rendered() -> Result<Vec<(String, String)>, serde_yaml::Error> {
     crds.iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
-            Ok((format!("{name}.yaml"), serde_yaml::to_string(crd)?))
+            let mut value = serde_json::to_value(crd)
+                .map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
+            drop_unsigned_formats(&mut value);
+            Ok((format!("{name}.yaml"), serde_yaml::to_string(&value)?))
         })
         .collect()
+}
+
+/// schemars marks unsigned integers with formats the API server does not know (uint32 and the
+/// like) and warns on every apply; `minimum: 0` already says what they mean.
+fn drop_unsigned_formats(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map
+                .get("format")
+                .and_then(Value::as_str)
+                .is_some_and(|f| f.starts_with("uint"))
+            {
+                map.remove("format");
+            }
+            map.values_mut().for_each(drop_unsigned_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_unsigned_formats),
+        _ => {}
+    }
 }
 
 /// Writes every CRD into `dir`, one file each.

@@ -57,7 +57,10 @@ pub fn release() -> ModelRelease {
 
 /// A finished TaskRun of `release()` for `stage` with the given Succeeded status and results.
 pub fn finished_task_run(stage: &str, succeeded: bool, results: &[(&str, &str)]) -> TaskRun {
-    let results: Vec<Value> = results.iter().map(|(n, v)| json!({"name": n, "type": "string", "value": v})).collect();
+    let results: Vec<Value> = results
+        .iter()
+        .map(|(n, v)| json!({"name": n, "type": "string", "value": v}))
+        .collect();
     serde_json::from_value(json!({
         "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
         "metadata": {"name": format!("predictor-42-{stage}"), "namespace": "evip",
@@ -103,7 +106,12 @@ impl Received {
     /// Answers with a JSON body.
     pub fn respond(self, status: StatusCode, body: &Value) {
         let bytes = serde_json::to_vec(body).expect("serializable");
-        self.send.send_response(Response::builder().status(status).body(Body::from(bytes)).expect("valid response"));
+        self.send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(bytes))
+                .expect("valid response"),
+        );
     }
 
     /// Answers 200 with the body.
@@ -127,20 +135,38 @@ impl ApiServer {
         let (request, send) = next.unwrap_or_else(|| panic!("client gone before {method} {uri}"));
         let got_uri = request.uri().to_string();
         let got_method = request.method().clone();
-        let bytes = request.into_body().collect_bytes().await.expect("readable body");
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+        let bytes = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .expect("readable body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
         assert_eq!(got_method, method, "method of {got_uri}");
         if uri.contains('?') {
             assert_eq!(got_uri, uri);
         } else {
             assert_eq!(got_uri.split('?').next(), Some(uri), "path");
         }
-        Received { method: got_method, uri: got_uri, body, send }
+        Received {
+            method: got_method,
+            uri: got_uri,
+            body,
+            send,
+        }
     }
 
     /// Answers an Event POST, checking its reason.
     pub async fn expect_event(&mut self, reason: &str) -> Value {
-        let r = self.expect(Method::POST, "/apis/events.k8s.io/v1/namespaces/evip/events").await;
+        let r = self
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/evip/events",
+            )
+            .await;
         assert_eq!(r.body["reason"], reason, "event {}", r.body);
         let body = r.body.clone();
         r.ok(&body);
@@ -149,7 +175,9 @@ impl ApiServer {
 
     /// Asserts that no request arrives within a short while.
     pub async fn expect_nothing_more(&mut self) {
-        let next = tokio::time::timeout(std::time::Duration::from_millis(200), self.0.next_request()).await;
+        let next =
+            tokio::time::timeout(std::time::Duration::from_millis(200), self.0.next_request())
+                .await;
         if let Ok(Some((request, _))) = next {
             panic!("unexpected request {} {}", request.method(), request.uri());
         }

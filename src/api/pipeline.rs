@@ -48,7 +48,7 @@ pub const MAX_STAGES: usize = 32;
     validation = Rule::new("self.stages.all(s, !has(s.runAfter) || s.runAfter.all(r, self.stages.exists(t, t.name == r)))").message("every runAfter entry must name a stage of this pipeline"),
     validation = Rule::new("self.stages.filter(s, has(s.produces)).size() <= 1").message("at most one stage may declare produces: image"),
     validation = Rule::new("!has(self.rescan) || self.rescan.stages.all(r, self.stages.exists(t, t.name == r))").message("every rescan stage must name a stage of this pipeline"),
-    validation = Rule::new("self.stages.all(s, !has(s.runAfter) || (has(s.when) && s.when == 'postDeploy') || s.runAfter.all(r, self.stages.exists(t, t.name == r && (!has(t.when) || t.when == 'preDeploy'))))").message("a pre-deploy stage cannot run after a postDeploy stage")
+    validation = Rule::new("self.stages.all(s, (has(s.when) && s.when == 'postDeploy') || !has(s.runAfter) || s.runAfter.all(r, !self.stages.exists(t, t.name == r && has(t.when) && t.when == 'postDeploy')))").message("a preDeploy stage cannot runAfter a postDeploy stage")
 )]
 pub struct SecurePipelineSpec {
     /// Where the application's source lives; every stage receives it as SOURCE_URL.

@@ -209,7 +209,8 @@ impl Findings {
 /// Parses a result that must be one JSON object of type `T`. serde would also accept a JSON
 /// array as a struct's fields in order; the contract is an object, so anything else is malformed.
 fn json_object<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, ResultError> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| malformed(name, json_detail(&e)))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| malformed(name, json_detail(&e)))?;
     if !value.is_object() {
         return Err(malformed(name, "not a JSON object"));
     }

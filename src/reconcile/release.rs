@@ -124,9 +124,11 @@ mod tests {
         reconcile::Context,
     };
 
-    const PIPELINE_URI: &str = "/apis/sluice.dev/v1alpha1/namespaces/evip/securepipelines/predictor";
+    const PIPELINE_URI: &str =
+        "/apis/sluice.dev/v1alpha1/namespaces/evip/securepipelines/predictor";
     const TASKRUNS_URI: &str = "/apis/tekton.dev/v1/namespaces/evip/taskruns";
-    const STATUS_URI: &str = "/apis/sluice.dev/v1alpha1/namespaces/evip/modelreleases/predictor-42/status";
+    const STATUS_URI: &str =
+        "/apis/sluice.dev/v1alpha1/namespaces/evip/modelreleases/predictor-42/status";
 
     /// The release as the API server returns it after a status patch.
     fn with_status(patch: &Value) -> Value {
@@ -139,13 +141,22 @@ mod tests {
         json!({"apiVersion": "tekton.dev/v1", "kind": "TaskRunList", "metadata": {}, "items": items})
     }
 
-    async fn serve_pipeline_and_taskruns(server: &mut ApiServer, pipeline: Option<&SecurePipeline>, trs: Vec<TaskRun>) {
+    async fn serve_pipeline_and_taskruns(
+        server: &mut ApiServer,
+        pipeline: Option<&SecurePipeline>,
+        trs: Vec<TaskRun>,
+    ) {
         let get = server.expect(Method::GET, PIPELINE_URI).await;
         match pipeline {
             Some(p) => get.ok(&serde_json::to_value(p).expect("json")),
             None => get.not_found(),
         }
-        let listed = server.expect(Method::GET, &format!("{TASKRUNS_URI}?&labelSelector=sluice.dev%2Frelease%3Dpredictor-42")).await;
+        let listed = server
+            .expect(
+                Method::GET,
+                &format!("{TASKRUNS_URI}?&labelSelector=sluice.dev%2Frelease%3Dpredictor-42"),
+            )
+            .await;
         listed.ok(&list(trs));
     }
 
@@ -157,9 +168,12 @@ mod tests {
     {
         let (ctx, server) = Context::test();
         let verifier = tokio::spawn(scenario(server));
-        let result = tokio::time::timeout(std::time::Duration::from_secs(10), reconcile(Arc::new(release), ctx))
-            .await
-            .expect("reconcile made a request the scenario did not expect");
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            reconcile(Arc::new(release), ctx),
+        )
+        .await
+        .expect("reconcile made a request the scenario did not expect");
         let mut server = verifier.await.expect("scenario passed");
         server.expect_nothing_more().await;
         result
@@ -170,14 +184,29 @@ mod tests {
         let result = run(fixtures::release(), |mut server| async move {
             serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), vec![]).await;
             for stage in ["unit-tests", "dependency-audit"] {
-                let post = server.expect(Method::POST, &format!("{TASKRUNS_URI}?&fieldManager=sluice")).await;
+                let post = server
+                    .expect(
+                        Method::POST,
+                        &format!("{TASKRUNS_URI}?&fieldManager=sluice"),
+                    )
+                    .await;
                 let tr = &post.body;
                 assert_eq!(tr["metadata"]["name"], format!("predictor-42-{stage}"));
                 assert_eq!(tr["metadata"]["labels"]["sluice.dev/stage"], stage);
-                assert_eq!(tr["metadata"]["labels"]["sluice.dev/release"], "predictor-42");
+                assert_eq!(
+                    tr["metadata"]["labels"]["sluice.dev/release"],
+                    "predictor-42"
+                );
                 assert_eq!(tr["metadata"]["labels"]["sluice.dev/pipeline"], "predictor");
-                assert_eq!(tr["metadata"]["labels"]["team"], "evip", "release labels propagate");
-                assert_eq!(tr["metadata"]["annotations"], json!({"note": "x"}), "kubectl annotations do not");
+                assert_eq!(
+                    tr["metadata"]["labels"]["team"], "evip",
+                    "release labels propagate"
+                );
+                assert_eq!(
+                    tr["metadata"]["annotations"],
+                    json!({"note": "x"}),
+                    "kubectl annotations do not"
+                );
                 assert_eq!(tr["metadata"]["ownerReferences"][0]["uid"], "r-uid");
                 assert_eq!(tr["metadata"]["ownerReferences"][0]["controller"], true);
                 assert_eq!(
@@ -197,7 +226,12 @@ mod tests {
             assert_eq!(status["phase"], "Running");
             assert_eq!(status["observedGeneration"], 1);
             assert_eq!(status["gatesSummary"], "0/3");
-            let states: Vec<&str> = status["stages"].as_array().expect("stages").iter().map(|s| s["state"].as_str().unwrap_or("")).collect();
+            let states: Vec<&str> = status["stages"]
+                .as_array()
+                .expect("stages")
+                .iter()
+                .map(|s| s["state"].as_str().unwrap_or(""))
+                .collect();
             assert_eq!(states, ["Running", "Running", "Waiting", "Waiting"]);
             let body = with_status(&patch.body);
             patch.ok(&body);
@@ -213,8 +247,16 @@ mod tests {
     #[tokio::test]
     async fn reconciling_again_creates_nothing_and_patches_nothing() {
         // The status the first reconcile wrote, computed by the same planner.
-        let running = vec![fixtures::running_task_run("unit-tests"), fixtures::running_task_run("dependency-audit")];
-        let first = release_plan::plan(&fixtures::release(), Some(&fixtures::pipeline()), &[], fixtures::test_now());
+        let running = vec![
+            fixtures::running_task_run("unit-tests"),
+            fixtures::running_task_run("dependency-audit"),
+        ];
+        let first = release_plan::plan(
+            &fixtures::release(),
+            Some(&fixtures::pipeline()),
+            &[],
+            fixtures::test_now(),
+        );
         let mut release = fixtures::release();
         release.status = Some(first.status);
         let result = run(release, |mut server| async move {
@@ -249,8 +291,22 @@ mod tests {
     #[tokio::test]
     async fn a_critical_finding_blocks_the_release_and_starts_nothing_more() {
         let trs = vec![
-            fixtures::finished_task_run("unit-tests", true, &[("TEST_OUTPUT", r#"{"result":"SUCCESS","successes":12,"failures":0}"#)]),
-            fixtures::finished_task_run("dependency-audit", true, &[("FINDINGS", r#"{"critical":1,"high":0,"medium":0,"low":0,"ids":[{"id":"PYSEC-2024-1","severity":"critical"}]}"#)]),
+            fixtures::finished_task_run(
+                "unit-tests",
+                true,
+                &[(
+                    "TEST_OUTPUT",
+                    r#"{"result":"SUCCESS","successes":12,"failures":0}"#,
+                )],
+            ),
+            fixtures::finished_task_run(
+                "dependency-audit",
+                true,
+                &[(
+                    "FINDINGS",
+                    r#"{"critical":1,"high":0,"medium":0,"low":0,"ids":[{"id":"PYSEC-2024-1","severity":"critical"}]}"#,
+                )],
+            ),
         ];
         let result = run(fixtures::release(), |mut server| async move {
             serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), trs).await;
@@ -260,10 +316,19 @@ mod tests {
             assert_eq!(status["stages"][1]["gate"], "Blocked");
             assert_eq!(status["stages"][1]["findings"]["critical"], 1);
             assert_eq!(status["stages"][2]["state"], "NotRun");
-            let ready = status["conditions"].as_array().expect("conditions").iter().find(|c| c["type"] == "Ready").expect("Ready").clone();
+            let ready = status["conditions"]
+                .as_array()
+                .expect("conditions")
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .expect("Ready")
+                .clone();
             assert_eq!(ready["status"], "False");
             assert_eq!(ready["reason"], "GateBlocked");
-            assert_eq!(ready["message"], "release blocked: stage dependency-audit: 1 critical above maxSeverity medium");
+            assert_eq!(
+                ready["message"],
+                "release blocked: stage dependency-audit: 1 critical above maxSeverity medium"
+            );
             let body = with_status(&patch.body);
             patch.ok(&body);
             server.expect_event("GatePassed").await;
@@ -279,8 +344,19 @@ mod tests {
     #[tokio::test]
     async fn passing_gates_start_the_build_with_the_guaranteed_params() {
         let trs = vec![
-            fixtures::finished_task_run("unit-tests", true, &[("TEST_OUTPUT", r#"{"result":"SUCCESS","successes":12,"failures":0}"#)]),
-            fixtures::finished_task_run("dependency-audit", true, &[("FINDINGS", r#"{"critical":0,"high":0,"medium":1,"low":3}"#)]),
+            fixtures::finished_task_run(
+                "unit-tests",
+                true,
+                &[(
+                    "TEST_OUTPUT",
+                    r#"{"result":"SUCCESS","successes":12,"failures":0}"#,
+                )],
+            ),
+            fixtures::finished_task_run(
+                "dependency-audit",
+                true,
+                &[("FINDINGS", r#"{"critical":0,"high":0,"medium":1,"low":3}"#)],
+            ),
         ];
         let result = run(fixtures::release(), |mut server| async move {
             serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), trs).await;
@@ -307,8 +383,14 @@ mod tests {
         let result = run(fixtures::release(), |mut server| async move {
             serve_pipeline_and_taskruns(&mut server, None, vec![]).await;
             let patch = server.expect(Method::PATCH, STATUS_URI).await;
-            let conditions = patch.body["status"]["conditions"].as_array().expect("conditions").clone();
-            let stalled = conditions.iter().find(|c| c["type"] == "Stalled").expect("Stalled");
+            let conditions = patch.body["status"]["conditions"]
+                .as_array()
+                .expect("conditions")
+                .clone();
+            let stalled = conditions
+                .iter()
+                .find(|c| c["type"] == "Stalled")
+                .expect("Stalled");
             assert_eq!(stalled["status"], "True");
             assert_eq!(stalled["reason"], "PipelineNotFound");
             assert_eq!(patch.body["status"]["phase"], "Pending");

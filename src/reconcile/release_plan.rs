@@ -448,10 +448,18 @@ mod tests {
 
     #[test]
     fn planning_again_from_the_written_status_changes_nothing() {
-        let first = plan(&fixtures::release(), Some(&fixtures::pipeline()), &[], fixtures::test_now());
+        let first = plan(
+            &fixtures::release(),
+            Some(&fixtures::pipeline()),
+            &[],
+            fixtures::test_now(),
+        );
         let mut release = fixtures::release();
         release.status = Some(first.status.clone());
-        let running = [fixtures::running_task_run("unit-tests"), fixtures::running_task_run("dependency-audit")];
+        let running = [
+            fixtures::running_task_run("unit-tests"),
+            fixtures::running_task_run("dependency-audit"),
+        ];
         let later = fixtures::test_now() + jiff::SignedDuration::from_secs(60);
         let second = plan(&release, Some(&fixtures::pipeline()), &running, later);
         assert!(second.create.is_empty());
