@@ -1,1 +1,280 @@
-//! End-to-end tests against a real control plane; see tests/.
+//! Harness of the end-to-end tests: each test gets its own namespace on the cluster that
+//! `e2e/run-tests` started, with the example Tasks and a SecurePipeline applied, and deletes it at the end.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    core::{ApiResource, GroupVersionKind},
+};
+use serde_json::{Value, json};
+use sluice::{
+    api::{LABEL_RELEASE, ModelRelease, Phase, SecurePipeline},
+    tekton::TaskRun,
+};
+
+/// Directory of the running e2e cluster's state.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("SLUICE_E2E_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.e2e"))
+}
+
+/// Path of the repository root.
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A client for the e2e cluster, authenticated as its admin.
+pub async fn client() -> Result<Client> {
+    let path = state_dir().join("kubeconfig");
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .with_context(|| format!("reading {}; is the e2e cluster up?", path.display()))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// A digest that looks real; the gates only check its form and the repository.
+pub const FAKE_DIGEST: &str =
+    "sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899";
+
+/// Repository of the test pipeline.
+pub const REPOSITORY: &str = "127.0.0.1:35000/evip/predictor";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One test's namespace with the example Tasks and pipeline; deleted when dropped.
+pub struct TestNamespace {
+    /// The namespace.
+    pub name: String,
+    /// Admin client.
+    pub client: Client,
+}
+
+impl TestNamespace {
+    /// Creates `e2e-<prefix>-<n>` and applies the example Tasks and the pipeline.
+    pub async fn new(prefix: &str) -> Result<Self> {
+        let client = client().await?;
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("e2e-{prefix}-{}-{n}", std::process::id());
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        let this = Self { name, client };
+        this.kubectl(&[
+            "apply",
+            "-f",
+            "examples/evip/tasks.yaml",
+            "-f",
+            "examples/evip/pipeline.yaml",
+        ])?;
+        Ok(this)
+    }
+
+    /// Runs kubectl in this namespace from the repository root.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let kubectl = std::fs::read_to_string(state_dir().join("bin"))?
+            .trim()
+            .to_string()
+            + "/kubectl";
+        let out = Command::new(kubectl)
+            .current_dir(repo_dir())
+            .arg("--kubeconfig")
+            .arg(state_dir().join("kubeconfig"))
+            .args(["-n", &self.name])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Typed API in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Creates a ModelRelease of `revision` with the given sim annotations (stage -> termination message / exit code).
+    pub async fn release(&self, name: &str, sims: &[(&str, Sim)]) -> Result<ModelRelease> {
+        let mut annotations = BTreeMap::new();
+        for (stage, sim) in sims {
+            annotations.insert(
+                format!("sim.sluice.dev/{stage}.message"),
+                sim.message.clone(),
+            );
+            if sim.exit_code != 0 {
+                annotations.insert(
+                    format!("sim.sluice.dev/{stage}.exit-code"),
+                    sim.exit_code.to_string(),
+                );
+            }
+        }
+        let release: ModelRelease = serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "ModelRelease",
+            "metadata": {"name": name, "annotations": annotations, "labels": {"e2e": "true"}},
+            "spec": {"pipelineRef": {"name": "predictor"}, "revision": "3f2a9c1",
+                     "target": {"deployment": "predictor", "container": "server"}}
+        }))?;
+        Ok(self
+            .api::<ModelRelease>()
+            .create(&PostParams::default(), &release)
+            .await?)
+    }
+
+    /// Waits until the release reaches one of `phases`.
+    pub async fn wait_phase(
+        &self,
+        name: &str,
+        phases: &[Phase],
+        timeout: Duration,
+    ) -> Result<ModelRelease> {
+        let api = self.api::<ModelRelease>();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = api.get(name).await?;
+            let phase = r.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            if phases.contains(&phase) {
+                return Ok(r);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "release {name} is {phase:?}, not {phases:?}, after {timeout:?}: {:?}",
+                    r.status
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The TaskRuns of a release.
+    pub async fn task_runs(&self, release: &str) -> Result<Vec<TaskRun>> {
+        let lp = ListParams::default().labels(&format!("{LABEL_RELEASE}={release}"));
+        Ok(self.api::<TaskRun>().list(&lp).await?.items)
+    }
+
+    /// The pipeline of this namespace.
+    pub async fn pipeline(&self) -> Result<SecurePipeline> {
+        Ok(self.api::<SecurePipeline>().get("predictor").await?)
+    }
+
+    /// Merge-patches an object's spec or metadata through the dynamic API.
+    pub async fn patch_dynamic(
+        &self,
+        gvk: GroupVersionKind,
+        plural: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<()> {
+        let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &self.name, &ar);
+        api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Synchronous so that it also runs when a test panics.
+        let _ = self.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// A scripted stage outcome.
+#[derive(Clone, Debug)]
+pub struct Sim {
+    /// Termination message (Tekton results JSON).
+    pub message: String,
+    /// Exit code of the steps.
+    pub exit_code: i32,
+}
+
+impl Sim {
+    /// Steps that exit 0 and report these results.
+    pub fn results(results: &[(&str, &str)]) -> Self {
+        let entries: Vec<Value> = results
+            .iter()
+            .map(|(k, v)| json!({"key": k, "value": v, "type": 1}))
+            .collect();
+        Self {
+            message: Value::Array(entries).to_string(),
+            exit_code: 0,
+        }
+    }
+
+    /// Steps that exit with `code` and report nothing.
+    pub fn exit(code: i32) -> Self {
+        Self {
+            message: "[]".into(),
+            exit_code: code,
+        }
+    }
+
+    /// Findings with these counts and no IDs.
+    pub fn findings(critical: u32, high: u32, medium: u32, low: u32) -> Self {
+        let f =
+            json!({"critical": critical, "high": high, "medium": medium, "low": low, "unknown": 0})
+                .to_string();
+        Self::results(&[("FINDINGS", &f)])
+    }
+
+    /// A passing test report.
+    pub fn tests_passed() -> Self {
+        Self::results(&[(
+            "TEST_OUTPUT",
+            r#"{"result":"SUCCESS","successes":14,"failures":0,"warnings":0}"#,
+        )])
+    }
+
+    /// A build that pushed the given digest to the pipeline's repository.
+    pub fn built(digest: &str) -> Self {
+        Self::results(&[
+            ("IMAGE_URL", &format!("{REPOSITORY}:3f2a9c1")),
+            ("IMAGE_DIGEST", digest),
+        ])
+    }
+}
+
+/// The sims of a release whose every pre-deploy gate passes.
+pub fn clean_sims() -> Vec<(&'static str, Sim)> {
+    vec![
+        ("unit-tests", Sim::tests_passed()),
+        ("dependency-audit", Sim::findings(0, 0, 1, 3)),
+        ("sast", Sim::findings(0, 0, 2, 5)),
+        ("build", Sim::built(FAKE_DIGEST)),
+    ]
+}
+
+/// Runs an `e2e/operator` action (start, stop, kill).
+pub fn operator(action: &str) -> Result<()> {
+    let status = Command::new(repo_dir().join("e2e/operator"))
+        .arg(action)
+        .status()?;
+    if !status.success() {
+        bail!("e2e/operator {action} failed");
+    }
+    Ok(())
+}
+
+/// Deletes a release in the foreground.
+pub async fn delete_release(ns: &TestNamespace, name: &str) -> Result<()> {
+    ns.api::<ModelRelease>()
+        .delete(name, &DeleteParams::foreground())
+        .await?;
+    Ok(())
+}

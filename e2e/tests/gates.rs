@@ -1,0 +1,397 @@
+//! Stages become TaskRuns, Tekton and kwok run them, and the gates read the real results.
+
+use std::time::Duration;
+
+use kube::api::PostParams;
+use serde_json::json;
+use sluice::api::{
+    ModelRelease, Phase, SecurePipeline,
+    conditions::{self, READY},
+    release::{StageState, Verdict},
+};
+use sluice_e2e::{FAKE_DIGEST, REPOSITORY, Sim, TestNamespace, clean_sims};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn stage<'a>(r: &'a ModelRelease, name: &str) -> &'a sluice::api::release::StageStatus {
+    r.status
+        .as_ref()
+        .and_then(|s| s.stages.iter().find(|e| e.name == name))
+        .unwrap_or_else(|| panic!("no stage {name}"))
+}
+
+fn ready_message(r: &ModelRelease) -> String {
+    conditions::get(&r.status.as_ref().expect("status").conditions, READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn clean_release_passes_every_gate_in_dag_order() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("clean").await?;
+    ns.release("predictor-42", &clean_sims()).await?;
+    let r = ns
+        .wait_phase("predictor-42", &[Phase::Signing, Phase::Blocked], TIMEOUT)
+        .await?;
+    let status = r.status.clone().expect("status");
+    assert_eq!(status.phase, Phase::Signing, "{status:?}");
+    assert!(conditions::is_true(
+        &status.conditions,
+        conditions::GATES_PASSED
+    ));
+    assert_eq!(status.gates_summary.as_deref(), Some("4/4"));
+    let image = status.image.expect("image");
+    assert_eq!(
+        (image.repository.as_str(), image.digest.as_str()),
+        (REPOSITORY, FAKE_DIGEST)
+    );
+    assert_eq!(
+        stage(&r, "dependency-audit")
+            .findings
+            .as_ref()
+            .map(|f| f.medium),
+        Some(1)
+    );
+    assert_eq!(
+        stage(&r, "unit-tests").tests.as_ref().map(|t| t.successes),
+        Some(14)
+    );
+    assert_eq!(stage(&r, "dast").state, StageState::Waiting);
+
+    // The build ran only after the three stages it runs after had finished.
+    let trs = ns.task_runs("predictor-42").await?;
+    assert_eq!(trs.len(), 4, "one TaskRun per pre-deploy stage");
+    let created = |stage: &str| {
+        trs.iter()
+            .find(|t| {
+                t.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("sluice.dev/stage"))
+                    .map(String::as_str)
+                    == Some(stage)
+            })
+            .unwrap_or_else(|| panic!("TaskRun of {stage}"))
+    };
+    let build = created("build");
+    for dep in ["unit-tests", "dependency-audit", "sast"] {
+        let done = created(dep)
+            .status
+            .as_ref()
+            .and_then(|s| s.completion_time.clone())
+            .expect("completed");
+        let build_created = build
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .expect("created")
+            .0;
+        assert!(
+            build_created >= done.parse()?,
+            "build created {build_created} before {dep} finished {done}"
+        );
+    }
+    let params = &build.spec.params;
+    assert!(
+        params
+            .iter()
+            .any(|p| p.name == "SOURCE_REVISION" && p.value == "3f2a9c1")
+    );
+    assert!(
+        params
+            .iter()
+            .any(|p| p.name == "IMAGE" && p.value == format!("{REPOSITORY}:3f2a9c1"))
+    );
+    assert_eq!(
+        build
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("e2e"))
+            .map(String::as_str),
+        Some("true"),
+        "release labels propagate"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_critical_finding_blocks_before_the_build() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("critical").await?;
+    let mut sims = clean_sims();
+    sims[1] = ("dependency-audit", Sim::findings(1, 0, 0, 0));
+    ns.release("predictor-43", &sims).await?;
+    let r = ns
+        .wait_phase("predictor-43", &[Phase::Blocked, Phase::Signing], TIMEOUT)
+        .await?;
+    assert_eq!(r.status.as_ref().map(|s| s.phase), Some(Phase::Blocked));
+    assert_eq!(stage(&r, "dependency-audit").gate, Some(Verdict::Blocked));
+    assert!(
+        ready_message(&r).contains("stage dependency-audit: 1 critical above maxSeverity medium"),
+        "{}",
+        ready_message(&r)
+    );
+    assert_eq!(stage(&r, "build").state, StageState::NotRun);
+    let trs = ns.task_runs("predictor-43").await?;
+    assert!(
+        trs.iter()
+            .all(|t| !t.metadata.name.as_deref().unwrap_or("").ends_with("-build")),
+        "no build after a block"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_step_blocks() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("failed").await?;
+    let mut sims = clean_sims();
+    sims[0] = ("unit-tests", Sim::exit(2));
+    ns.release("predictor-44", &sims).await?;
+    let r = ns
+        .wait_phase("predictor-44", &[Phase::Blocked, Phase::Signing], TIMEOUT)
+        .await?;
+    let unit = stage(&r, "unit-tests");
+    assert_eq!(unit.state, StageState::Failed);
+    assert_eq!(unit.gate, Some(Verdict::Blocked));
+    assert!(
+        unit.reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("stage unit-tests: TaskRun failed"),
+        "{unit:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_and_missing_results_block_with_distinct_reasons() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("malformed").await?;
+    let mut sims = clean_sims();
+    sims[2] = (
+        "sast",
+        Sim::results(&[("FINDINGS", "{\"critical\": \"lots\"}")]),
+    );
+    ns.release("predictor-45", &sims).await?;
+    let mut missing = clean_sims();
+    missing.remove(0);
+    ns.release("predictor-46", &missing).await?;
+
+    let r = ns
+        .wait_phase("predictor-45", &[Phase::Blocked, Phase::Signing], TIMEOUT)
+        .await?;
+    let sast = stage(&r, "sast");
+    assert_eq!(sast.gate, Some(Verdict::Blocked));
+    assert!(
+        sast.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("result FINDINGS is malformed"),
+        "{sast:?}"
+    );
+    let r = ns
+        .wait_phase("predictor-46", &[Phase::Blocked, Phase::Signing], TIMEOUT)
+        .await?;
+    let unit = stage(&r, "unit-tests");
+    assert_eq!(unit.state, StageState::Succeeded);
+    assert!(
+        unit.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("result TEST_OUTPUT is missing"),
+        "{unit:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_release_garbage_collects_its_taskruns() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("gc").await?;
+    ns.release("predictor-47", &clean_sims()).await?;
+    ns.wait_phase("predictor-47", &[Phase::Signing], TIMEOUT)
+        .await?;
+    assert_eq!(ns.task_runs("predictor-47").await?.len(), 4);
+    sluice_e2e::delete_release(&ns, "predictor-47").await?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !ns.task_runs("predictor-47").await?.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TaskRuns still present after the release was deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_pipeline_reports_ready_or_a_missing_task() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("pipeline").await?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let p = ns.pipeline().await?;
+        let conds = p
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        if conditions::is_true(&conds, READY) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pipeline never Ready: {:?}",
+            p.status
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut broken: SecurePipeline = ns.pipeline().await?;
+    broken.metadata = kube::api::ObjectMeta {
+        name: Some("broken".into()),
+        ..Default::default()
+    };
+    broken.status = None;
+    broken.spec.stages[0].task_ref.name = Some("no-such-task".into());
+    ns.api::<SecurePipeline>()
+        .create(&PostParams::default(), &broken)
+        .await?;
+    loop {
+        let p = ns.api::<SecurePipeline>().get("broken").await?;
+        let conds = p
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        if let Some(c) = conditions::get(&conds, conditions::STALLED).filter(|c| c.status == "True")
+        {
+            assert_eq!(c.reason, "TaskNotFound");
+            assert!(c.message.contains("no-such-task"), "{}", c.message);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broken pipeline never Stalled: {:?}",
+            p.status
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_pipelines_are_rejected_at_admission_with_readable_messages() -> anyhow::Result<()>
+{
+    let ns = TestNamespace::new("admission").await?;
+    let base = |stages: serde_json::Value, extra: serde_json::Value| {
+        let mut spec = json!({
+            "source": {"url": "https://git.example/x.git"},
+            "image": {"repository": REPOSITORY},
+            "stages": stages
+        });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "SecurePipeline", "metadata": {"name": "bad"}, "spec": spec})
+    };
+    let t = json!({"name": "pytest"});
+    let cases = [
+        (
+            base(
+                json!([{"name": "a", "taskRef": t}, {"name": "a", "taskRef": t}]),
+                json!({}),
+            ),
+            "stage names must be unique within a pipeline",
+        ),
+        (
+            base(
+                json!([{"name": "a", "taskRef": t, "runAfter": ["nope"]}]),
+                json!({}),
+            ),
+            "every runAfter entry must name a stage of this pipeline",
+        ),
+        (
+            base(
+                json!([{"name": "a", "taskRef": t}]),
+                json!({"exceptions": [{"id": "X", "reason": "r"}]}),
+            ),
+            "spec.exceptions[0].expires: Required value",
+        ),
+        (
+            base(
+                json!([{"name": "a", "taskRef": t}]),
+                json!({"exceptions": [{"id": "X", "expires": "2027-01-01"}]}),
+            ),
+            "spec.exceptions[0].reason: Required value",
+        ),
+        (
+            base(
+                json!([{"name": "a", "taskRef": t, "produces": "image"}, {"name": "b", "taskRef": t, "produces": "image"}]),
+                json!({}),
+            ),
+            "at most one stage may declare produces: image",
+        ),
+        (
+            base(
+                json!([{"name": "a", "taskRef": t, "gate": {"findings": {"maxSeverity": "severe"}}}]),
+                json!({}),
+            ),
+            "supported values: \"none\", \"low\", \"medium\", \"high\", \"critical\"",
+        ),
+        (
+            base(json!([{"name": "Not_A_Label", "taskRef": t}]), json!({})),
+            "spec.stages[0].name",
+        ),
+        (
+            base(json!([{"name": "a", "taskRef": {}}]), json!({})),
+            "taskRef needs exactly one of name or resolver",
+        ),
+    ];
+    let api = ns.api::<SecurePipeline>();
+    for (object, expected) in cases {
+        let pipeline: SecurePipeline = match serde_json::from_value(object.clone()) {
+            Ok(p) => p,
+            // Shapes Rust's types cannot hold (a missing required field) go through kubectl.
+            Err(_) => {
+                let path = std::env::temp_dir().join(format!("{}-bad.json", ns.name));
+                std::fs::write(&path, object.to_string())?;
+                let err = ns
+                    .kubectl(&["create", "-f", path.to_str().unwrap_or_default()])
+                    .expect_err("rejected");
+                assert!(
+                    err.to_string().contains(expected),
+                    "expected {expected:?} in {err}"
+                );
+                continue;
+            }
+        };
+        let err = api
+            .create(&PostParams::default(), &pipeline)
+            .await
+            .expect_err("rejected");
+        assert!(
+            err.to_string().contains(expected),
+            "expected {expected:?} in {err}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn release_identity_fields_are_immutable() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("immutable").await?;
+    ns.release("predictor-48", &clean_sims()).await?;
+    let gvk = kube::core::GroupVersionKind::gvk("sluice.dev", "v1alpha1", "ModelRelease");
+    let err = ns
+        .patch_dynamic(
+            gvk,
+            "modelreleases",
+            "predictor-48",
+            &json!({"spec": {"revision": "other"}}),
+        )
+        .await
+        .expect_err("rejected");
+    assert!(
+        err.to_string()
+            .contains("pipelineRef, revision and target are immutable"),
+        "{err}"
+    );
+    Ok(())
+}
