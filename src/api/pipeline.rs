@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_STAGES: usize = 32;
 
 /// The security stages every release of one application must pass, and how to sign what passed.
+// Each printcolumn(...) repeats type_; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "sluice.dev",

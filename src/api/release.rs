@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::pipeline::LocalObjectRef;
 
 /// A request to build, scan, sign and roll out one revision of an application.
+// Each printcolumn(...) repeats type_; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "sluice.dev",
