@@ -214,6 +214,13 @@ fn json_object<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result
     if !value.is_object() {
         return Err(malformed(name, "not a JSON object"));
     }
+    let ids_are_objects = value
+        .get("ids")
+        .and_then(serde_json::Value::as_array)
+        .is_none_or(|ids| ids.iter().all(serde_json::Value::is_object));
+    if !ids_are_objects {
+        return Err(malformed(name, "every ids entry must be an object"));
+    }
     serde_json::from_value(value).map_err(|e| malformed(name, json_detail(&e)))
 }
 
@@ -346,6 +353,7 @@ mod tests {
             r#"[1,2]"#,
             "not json",
             r#"{"critical":99999999999}"#,
+            r#"{"ids":[["X","low"]]}"#,
         ] {
             let err = findings(&results(&[(FINDINGS, json!(bad))])).expect_err(bad);
             assert_eq!(err.category(), "ResultMalformed", "{bad}");

@@ -185,3 +185,90 @@ pub fn build_status(
     status.last_release = refs.last_release.clone();
     status
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    fn now() -> Time {
+        Time(fixtures::test_now())
+    }
+
+    #[test]
+    fn a_valid_pipeline_is_ready() {
+        let refs = References {
+            last_release: Some("predictor-42".into()),
+            ..References::default()
+        };
+        let status = build_status(&fixtures::pipeline(), &refs, now());
+        assert!(conditions::is_true(&status.conditions, conditions::READY));
+        assert!(!conditions::is_true(
+            &status.conditions,
+            conditions::STALLED
+        ));
+        assert_eq!(status.stage_count, Some(4));
+        assert_eq!(status.last_release.as_deref(), Some("predictor-42"));
+        assert_eq!(status.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn missing_tasks_and_secrets_stall_with_a_reason() {
+        let refs = References {
+            missing_tasks: vec!["pytest".into()],
+            ..References::default()
+        };
+        let status = build_status(&fixtures::pipeline(), &refs, now());
+        let stalled = conditions::get(&status.conditions, conditions::STALLED).expect("Stalled");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", reason::TASK_NOT_FOUND)
+        );
+        assert!(
+            stalled
+                .message
+                .contains("Task pytest not found in namespace evip"),
+            "{}",
+            stalled.message
+        );
+
+        let mut signed = fixtures::pipeline();
+        signed.spec.signing =
+            serde_json::from_value(serde_json::json!({"secretRef": {"name": "cosign-key"}}))
+                .expect("valid");
+        let refs = References {
+            signing_secret_missing: true,
+            ..References::default()
+        };
+        let status = build_status(&signed, &refs, now());
+        let ready = conditions::get(&status.conditions, conditions::READY).expect("Ready");
+        assert_eq!(ready.reason, reason::SIGNING_SECRET_NOT_FOUND);
+        assert!(
+            ready
+                .message
+                .contains("cosign generate-key-pair k8s://<namespace>/cosign-key")
+        );
+    }
+
+    #[test]
+    fn a_cycle_or_no_build_stage_is_invalid() {
+        let mut cyclic = fixtures::pipeline();
+        cyclic.spec.stages[0].run_after = vec!["build".into()];
+        let status = build_status(&cyclic, &References::default(), now());
+        let ready = conditions::get(&status.conditions, conditions::READY).expect("Ready");
+        assert_eq!(ready.reason, reason::PIPELINE_INVALID);
+        assert!(ready.message.contains("cycle"), "{}", ready.message);
+
+        let mut unbuilt = fixtures::pipeline();
+        unbuilt.spec.stages[2].produces = None;
+        let status = build_status(&unbuilt, &References::default(), now());
+        let ready = conditions::get(&status.conditions, conditions::READY).expect("Ready");
+        assert!(
+            ready
+                .message
+                .contains("exactly one stage must declare produces: image, found 0"),
+            "{}",
+            ready.message
+        );
+    }
+}

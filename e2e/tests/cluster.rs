@@ -1,0 +1,106 @@
+//! The parts of the e2e cluster later stages rely on: Deployments rolled out by the real
+//! controller-manager and scheduler onto the kwok node, the two OCI registries, and the
+//! operator's metrics endpoint.
+
+use std::{process::Command, time::Duration};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::PostParams;
+use serde_json::json;
+use sluice::api::Phase;
+use sluice_e2e::{TestNamespace, clean_sims, state_dir};
+
+fn status(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn the_auth_registry_refuses_anonymous_and_wrong_credentials() -> anyhow::Result<()> {
+    let addr = std::fs::read_to_string(state_dir().join("auth-registry"))?;
+    let url = format!("http://{}/v2/", addr.trim());
+    assert_eq!(status(&[&url])?, "401");
+    assert_eq!(status(&["-u", "sluice:wrong", &url])?, "401");
+    assert_eq!(status(&["-u", "sluice:e2e-only-password", &url])?, "200");
+    Ok(())
+}
+
+#[test]
+fn the_plain_registry_serves_anonymously() -> anyhow::Result<()> {
+    let addr = std::fs::read_to_string(state_dir().join("registry"))?;
+    assert_eq!(status(&[&format!("http://{}/v2/", addr.trim())])?, "200");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deployment_becomes_available_on_the_kwok_node() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("deploy").await?;
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "predictor"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "predictor"}},
+            "template": {
+                "metadata": {"labels": {"app": "predictor"}},
+                "spec": {"containers": [{"name": "server", "image": "127.0.0.1:35000/evip/predictor:v1"}]}
+            }
+        }
+    }))?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = ns.api::<Deployment>().get("predictor").await?;
+        let available = d
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0);
+        if available == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deployment not available: {:?}",
+            d.status
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn metrics_report_verdicts_taskruns_and_phases() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("metrics").await?;
+    ns.release("predictor-60", &clean_sims()).await?;
+    ns.wait_phase("predictor-60", &[Phase::Signing], Duration::from_secs(90))
+        .await?;
+    let port = std::env::var("SLUICE_OPERATOR_PORT").unwrap_or_else(|_| "38080".into());
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            r#"sluice_gate_verdicts_total{stage="build",verdict="Passed",category="Passed"}"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains("sluice_taskruns_created_total"), "{text}");
+    assert!(
+        text.contains(r#"sluice_reconciles_total{controller="modelrelease"}"#),
+        "{text}"
+    );
+    let signing = text
+        .lines()
+        .find(|l| l.starts_with(r#"sluice_releases{phase="Signing"}"#))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse::<i64>().ok())
+        .unwrap_or(0);
+    assert!(signing >= 1, "{text}");
+    Ok(())
+}
