@@ -11,6 +11,8 @@ pub mod metrics;
 pub mod names;
 pub mod operator;
 pub mod reconcile;
+pub mod registry;
+pub mod signing;
 pub mod tekton;
 pub mod telemetry;
 

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 use crate::{crds, leader::LeaseConfig, operator, telemetry};
 
+mod signing_cli;
+
 /// Sluice: gate ML model releases behind Tekton security stages.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about)]
@@ -18,6 +20,16 @@ pub struct Cli {
 enum Command {
     /// Run the controller (uses the in-cluster config or KUBECONFIG).
     Run(RunArgs),
+    /// Write a cosign-compatible key pair (cosign.key encrypted with COSIGN_PASSWORD, cosign.pub).
+    GenerateKeyPair {
+        /// File name prefix, as cosign's --output-key-prefix.
+        #[arg(long, default_value = "cosign")]
+        output_key_prefix: String,
+    },
+    /// Sign IMAGE@DIGEST with a cosign key and push the signature to the registry.
+    Sign(SignArgs),
+    /// Verify the signature of IMAGE@DIGEST in the registry against a cosign public key.
+    Verify(VerifyArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD with --out-dir.
     Crds {
         /// Directory to write <crd-name>.yaml files into.
@@ -48,12 +60,67 @@ struct RunArgs {
     lease_seconds: u64,
 }
 
+#[derive(clap::Args, Debug)]
+struct SignArgs {
+    /// cosign.key (encrypted; the password comes from COSIGN_PASSWORD) or a PKCS#8 EC key.
+    #[arg(long)]
+    key: PathBuf,
+    /// Annotation recorded in the signed payload, key=value (repeatable).
+    #[arg(long = "annotation", short = 'a')]
+    annotations: Vec<String>,
+    /// Use plain HTTP for a registry that is not on loopback.
+    #[arg(long)]
+    allow_http_registry: bool,
+    /// The image, by digest: REPOSITORY@sha256:HEX.
+    image: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    /// cosign.pub.
+    #[arg(long)]
+    key: PathBuf,
+    /// Use plain HTTP for a registry that is not on loopback.
+    #[arg(long)]
+    allow_http_registry: bool,
+    /// The image, by digest: REPOSITORY@sha256:HEX.
+    image: String,
+}
+
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds { out_dir } => print_crds(out_dir),
         Command::Run(args) => run(args),
+        Command::GenerateKeyPair { output_key_prefix } => {
+            report(signing_cli::generate_key_pair(&output_key_prefix))
+        }
+        Command::Sign(a) => report(block_on(signing_cli::sign(
+            &a.key,
+            &a.annotations,
+            a.allow_http_registry,
+            &a.image,
+        ))),
+        Command::Verify(a) => report(block_on(signing_cli::verify(
+            &a.key,
+            a.allow_http_registry,
+            &a.image,
+        ))),
+    }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(f)
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,0 +1,193 @@
+//! OCI registry access: confirm a manifest exists, read and write cosign's `.sig` artifacts.
+
+use oci_client::{
+    Client, Reference,
+    client::{ClientConfig, ClientProtocol, Config, ImageLayer},
+    errors::{OciDistributionError, OciErrorCode},
+    manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest},
+    secrets::RegistryAuth,
+};
+
+use crate::signing::{SIMPLE_SIGNING_MEDIA_TYPE, payload};
+
+/// Errors talking to the registry. Credentials never appear in them.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The reference cannot be parsed.
+    #[error("invalid image reference {0}")]
+    Reference(String),
+    /// The image digest is not in the repository.
+    #[error("{0} does not exist in the registry")]
+    NotFound(String),
+    /// The registry refused our credentials, or none were given.
+    #[error("the registry refused access to {0}: check the credentials Secret")]
+    Unauthorized(String),
+    /// Anything else.
+    #[error("registry request for {reference} failed: {detail}")]
+    Other {
+        /// What was accessed.
+        reference: String,
+        /// The client's message.
+        detail: String,
+    },
+}
+
+impl RegistryError {
+    /// Bounded category.
+    pub fn category(&self) -> &'static str {
+        match self {
+            RegistryError::Reference(_) => "InvalidReference",
+            RegistryError::NotFound(_) => "DigestNotFound",
+            RegistryError::Unauthorized(_) => "RegistryUnauthorized",
+            RegistryError::Other { .. } => "RegistryError",
+        }
+    }
+}
+
+/// A registry client with its credentials.
+pub struct Registry {
+    client: Client,
+    auth: RegistryAuth,
+}
+
+/// Whether a registry host is on the loopback interface (plain HTTP, as go-containerregistry does).
+pub fn is_loopback(host: &str) -> bool {
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    name == "localhost" || name.starts_with("127.") || name == "[::1]"
+}
+
+impl Registry {
+    /// A client using HTTPS except for the given hosts (host:port).
+    pub fn new(insecure_hosts: Vec<String>, auth: RegistryAuth) -> Self {
+        let config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure_hosts),
+            ..ClientConfig::default()
+        };
+        Self {
+            client: Client::new(config),
+            auth,
+        }
+    }
+
+    /// A client that speaks plain HTTP to the registry of `repo` when it is on loopback (or when
+    /// `allow_http` is set), HTTPS otherwise.
+    pub fn for_repository(repo: &str, allow_http: bool, auth: RegistryAuth) -> Self {
+        let host = repo.split('/').next().unwrap_or_default().to_string();
+        let insecure = if allow_http || is_loopback(&host) {
+            vec![host]
+        } else {
+            vec![]
+        };
+        Self::new(insecure, auth)
+    }
+
+    fn reference(s: &str) -> Result<Reference, RegistryError> {
+        s.parse()
+            .map_err(|_| RegistryError::Reference(s.to_string()))
+    }
+
+    /// Fails unless `repo@digest` exists.
+    pub async fn require_manifest(&self, repo: &str, digest: &str) -> Result<(), RegistryError> {
+        let name = format!("{repo}@{digest}");
+        let reference = Self::reference(&name)?;
+        match self
+            .client
+            .fetch_manifest_digest(&reference, &self.auth)
+            .await
+        {
+            Ok(found) if found == digest => Ok(()),
+            Ok(other) => Err(RegistryError::Other {
+                reference: name,
+                detail: format!("registry answered digest {other}"),
+            }),
+            Err(e) => Err(classify(&name, e)),
+        }
+    }
+
+    /// The layers of `repo:sha256-<hex>.sig`, or none when it does not exist.
+    pub async fn signature_layers(
+        &self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<Vec<ImageLayer>, RegistryError> {
+        let tag = payload::signature_tag(repo, digest);
+        let reference = Self::reference(&tag)?;
+        match self
+            .client
+            .pull(&reference, &self.auth, vec![SIMPLE_SIGNING_MEDIA_TYPE])
+            .await
+        {
+            Ok(image) => Ok(image.layers),
+            Err(e) => match classify(&tag, e) {
+                RegistryError::NotFound(_) => Ok(Vec::new()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Pushes `repo:sha256-<hex>.sig` with exactly these layers.
+    pub async fn push_signature_layers(
+        &self,
+        repo: &str,
+        digest: &str,
+        layers: Vec<ImageLayer>,
+    ) -> Result<(), RegistryError> {
+        let tag = payload::signature_tag(repo, digest);
+        let reference = Self::reference(&tag)?;
+        let config = Config::oci_v1(b"{}".to_vec(), None);
+        let mut manifest = OciImageManifest::build(&layers, &config, None);
+        manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
+        self.client
+            .push(&reference, &layers, config, &self.auth, Some(manifest))
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&tag, e))
+    }
+}
+
+fn classify(reference: &str, e: OciDistributionError) -> RegistryError {
+    let not_found = |code: &OciErrorCode| {
+        matches!(
+            code,
+            OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::BlobUnknown
+        )
+    };
+    match &e {
+        OciDistributionError::ImageManifestNotFoundError(_) => {
+            RegistryError::NotFound(reference.to_string())
+        }
+        OciDistributionError::RegistryError { envelope, .. }
+            if envelope.errors.iter().any(|x| not_found(&x.code)) =>
+        {
+            RegistryError::NotFound(reference.to_string())
+        }
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => {
+            RegistryError::Unauthorized(reference.to_string())
+        }
+        OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => RegistryError::Unauthorized(reference.to_string()),
+        OciDistributionError::ServerError { code: 404, .. } => {
+            RegistryError::NotFound(reference.to_string())
+        }
+        _ => RegistryError::Other {
+            reference: reference.to_string(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_use_plain_http() {
+        assert!(is_loopback("127.0.0.1:35000"));
+        assert!(is_loopback("localhost:5000"));
+        assert!(is_loopback("localhost"));
+        assert!(!is_loopback("registry.example:5000"));
+        assert!(!is_loopback("10.0.0.1:5000"));
+    }
+}

@@ -1,0 +1,182 @@
+//! Signing seams, kept apart as in Tekton Chains: a `Signer` (key material), the payload format
+//! (cosign simple signing), and storage in the registry (`crate::registry`).
+
+pub mod keys;
+pub mod payload;
+
+use std::collections::BTreeMap;
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use oci_client::client::ImageLayer;
+
+use crate::registry::{Registry, RegistryError};
+
+/// Media type of a cosign simple-signing layer.
+pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// Layer annotation holding the base64 signature.
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+
+/// Errors of signing and verification. Messages never contain key material or passwords.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    /// The private key could not be read or decrypted.
+    #[error("cannot load the signing key: {0}")]
+    Key(String),
+    /// The signer failed.
+    #[error("signing failed: {0}")]
+    Sign(String),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Verification found no acceptable signature.
+    #[error("{0}")]
+    Verification(String),
+}
+
+impl SigningError {
+    /// Bounded category for metrics and conditions.
+    pub fn category(&self) -> &'static str {
+        match self {
+            SigningError::Key(_) => "KeyInvalid",
+            SigningError::Sign(_) => "SignFailed",
+            SigningError::Registry(e) => e.category(),
+            SigningError::Verification(_) => "VerificationFailed",
+        }
+    }
+}
+
+/// Something that signs payloads with one key: a key pair today, a KMS or keyless signer later.
+pub trait Signer: Send + Sync {
+    /// `sha256:<hex>` of the public key (DER), as status reports it.
+    fn key_id(&self) -> &str;
+    /// The public key, PEM.
+    fn public_key_pem(&self) -> &str;
+    /// Signs the payload.
+    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SigningError>;
+}
+
+/// Where a signature was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedImage {
+    /// `<repo>:sha256-<hex>.sig`.
+    pub reference: String,
+    /// Whether an identical signature by this key was already there (nothing was pushed).
+    pub already_signed: bool,
+}
+
+/// Signs `repo@digest` and stores the signature where cosign does, keeping other signatures.
+/// Re-running with the same key and annotations pushes nothing new.
+pub async fn sign_image(
+    registry: &Registry,
+    signer: &dyn Signer,
+    repo: &str,
+    digest: &str,
+    annotations: &BTreeMap<String, String>,
+) -> Result<SignedImage, SigningError> {
+    // The build stage's results are not trusted: the digest must exist in the repository.
+    registry.require_manifest(repo, digest).await?;
+    let payload = payload::simple_signing(repo, digest, annotations);
+    let reference = payload::signature_tag(repo, digest);
+    let mut layers = registry.signature_layers(repo, digest).await?;
+    let key = keys::verification_key(signer.public_key_pem())?;
+    if layers
+        .iter()
+        .any(|l| l.data.as_ref() == payload.as_slice() && layer_verifies(l, &key))
+    {
+        return Ok(SignedImage {
+            reference,
+            already_signed: true,
+        });
+    }
+    let signature = BASE64.encode(signer.sign(&payload)?);
+    let annotations = BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), signature)]);
+    layers.push(ImageLayer::new(
+        payload,
+        SIMPLE_SIGNING_MEDIA_TYPE.into(),
+        Some(annotations),
+    ));
+    registry.push_signature_layers(repo, digest, layers).await?;
+    Ok(SignedImage {
+        reference,
+        already_signed: false,
+    })
+}
+
+/// What a successful verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The annotations (`optional`) of the verified payload.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Fetches the `.sig` of `repo@digest` from the registry and checks that one of its layers is a
+/// payload for exactly this digest, signed by `public_key_pem`.
+pub async fn verify_image(
+    registry: &Registry,
+    public_key_pem: &str,
+    repo: &str,
+    digest: &str,
+) -> Result<Verified, SigningError> {
+    let key = keys::verification_key(public_key_pem)?;
+    let layers = registry.signature_layers(repo, digest).await?;
+    if layers.is_empty() {
+        return Err(SigningError::Verification(format!(
+            "no signature found at {}",
+            payload::signature_tag(repo, digest)
+        )));
+    }
+    let mut problems = Vec::new();
+    for layer in &layers {
+        match check_layer(layer, &key, digest) {
+            Ok(annotations) => return Ok(Verified { annotations }),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    problems.dedup();
+    Err(SigningError::Verification(format!(
+        "no valid signature for {repo}@{digest} by this key: {}",
+        problems.join("; ")
+    )))
+}
+
+fn layer_verifies(layer: &ImageLayer, key: &sigstore::crypto::CosignVerificationKey) -> bool {
+    let Some(sig) = layer
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SIGNATURE_ANNOTATION))
+    else {
+        return false;
+    };
+    key.verify_signature(
+        sigstore::crypto::Signature::Base64Encoded(sig.as_bytes()),
+        &layer.data,
+    )
+    .is_ok()
+}
+
+fn check_layer(
+    layer: &ImageLayer,
+    key: &sigstore::crypto::CosignVerificationKey,
+    digest: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    if layer.media_type != SIMPLE_SIGNING_MEDIA_TYPE {
+        return Err(format!(
+            "layer of type {} is not a simple-signing payload",
+            layer.media_type
+        ));
+    }
+    if !layer_verifies(layer, key) {
+        return Err(
+            "signature does not verify with this key (another key, or a modified payload)".into(),
+        );
+    }
+    let parsed = payload::parse(&layer.data)
+        .map_err(|e| format!("payload is not a cosign simple-signing payload: {e}"))?;
+    if parsed.digest != digest {
+        return Err(format!(
+            "the signed payload is for {}, not {digest}",
+            parsed.digest
+        ));
+    }
+    Ok(parsed.annotations)
+}
