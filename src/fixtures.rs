@@ -187,6 +187,7 @@ impl ApiServer {
 impl Context {
     /// A context whose client talks to a mocked API server, with the fixed test clock.
     pub fn test() -> (Arc<Context>, ApiServer) {
+        crate::install_crypto_provider();
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let mut ctx = Context::new(client, Arc::new(Metrics::default()));

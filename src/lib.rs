@@ -18,3 +18,10 @@ pub mod telemetry;
 
 #[cfg(test)]
 mod fixtures;
+
+/// Selects rustls' process-wide crypto provider. kube links ring and the registry client links
+/// aws-lc-rs, so rustls cannot choose on its own and would panic on the first TLS connection.
+pub fn install_crypto_provider() {
+    // An error only means a provider is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

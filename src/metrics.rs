@@ -39,6 +39,13 @@ pub struct VerdictLabels {
     pub category: &'static str,
 }
 
+/// Labels of a failure category.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabels {
+    /// Bounded category.
+    pub category: &'static str,
+}
+
 /// Labels of the releases-by-phase gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -59,6 +66,10 @@ pub struct Metrics {
     pub verdicts: Family<VerdictLabels, Counter>,
     /// TaskRuns created.
     pub task_runs_created: Counter,
+    /// Duration of signing (registry check, signing, push).
+    pub signing_duration: Histogram,
+    /// Signing failures by category.
+    pub signing_failures: Family<CategoryLabels, Counter>,
     releases: Family<PhaseLabels, Gauge>,
     release_store: OnceLock<Store<ModelRelease>>,
 }
@@ -76,6 +87,18 @@ impl Default for Metrics {
         let verdicts = Family::<VerdictLabels, Counter>::default();
         let task_runs_created = Counter::default();
         let releases = Family::<PhaseLabels, Gauge>::default();
+        let signing_duration = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        let signing_failures = Family::<CategoryLabels, Counter>::default();
+        registry.register(
+            "signing_duration_seconds",
+            "Duration of signing and pushing signatures",
+            signing_duration.clone(),
+        );
+        registry.register(
+            "signing_failures",
+            "Signing failures by category",
+            signing_failures.clone(),
+        );
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -101,6 +124,8 @@ impl Default for Metrics {
             duration,
             verdicts,
             task_runs_created,
+            signing_duration,
+            signing_failures,
             releases,
             release_store: OnceLock::new(),
         }

@@ -32,6 +32,8 @@ pub struct RunConfig {
     pub listen: SocketAddr,
     /// Leader-election Lease.
     pub lease: LeaseConfig,
+    /// Registries (host:port) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -58,7 +60,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         l = Leadership::acquire(client.clone(), config.lease.clone()) => l,
         _ = shutdown_signal() => { server.abort(); return Ok(()); }
     };
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone()));
+    let mut context = Context::new(client.clone(), metrics.clone());
+    context.insecure_registries = config.insecure_registries.clone();
+    let ctx = Arc::new(context);
     let outcome = tokio::select! {
         () = controllers(client, ctx, metrics) => Ok(()),
         () = leadership.keep() => Err(anyhow::anyhow!("lost leadership; exiting so a new process can rejoin the election")),

@@ -37,6 +37,7 @@ pub fn repo_dir() -> PathBuf {
 
 /// A client for the e2e cluster, authenticated as its admin.
 pub async fn client() -> Result<Client> {
+    sluice::install_crypto_provider();
     let path = state_dir().join("kubeconfig");
     let kubeconfig = Kubeconfig::read_from(&path)
         .with_context(|| format!("reading {}; is the e2e cluster up?", path.display()))?;
@@ -79,7 +80,77 @@ impl TestNamespace {
             "-f",
             "examples/evip/pipeline.yaml",
         ])?;
+        // Gate tests stop before signing; signing tests add a key with `with_signing_key`.
+        this.kubectl(&[
+            "patch",
+            "securepipeline",
+            "predictor",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/signing"}]"#,
+        ])?;
         Ok(this)
+    }
+
+    /// Makes a cosign key pair Secret `cosign-key` with the real cosign CLI and names it in the pipeline.
+    pub fn with_signing_key(&self, password: &str) -> Result<()> {
+        let bin = PathBuf::from(std::fs::read_to_string(state_dir().join("bin"))?.trim());
+        let dir = std::env::temp_dir().join(format!("{}-keys", self.name));
+        std::fs::create_dir_all(&dir)?;
+        let out = Command::new(bin.join("cosign"))
+            .current_dir(&dir)
+            .env("KUBECONFIG", state_dir().join("kubeconfig"))
+            .env("COSIGN_PASSWORD", password)
+            .args([
+                "generate-key-pair",
+                &format!("k8s://{}/cosign-key", self.name),
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "cosign generate-key-pair: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.kubectl(&[
+            "patch",
+            "securepipeline",
+            "predictor",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"signing":{"secretRef":{"name":"cosign-key"}}}}"#,
+        ])?;
+        Ok(())
+    }
+
+    /// Pushes a small image with unique content to the pipeline's repository; returns its digest.
+    pub fn push_image(&self, content: &str) -> Result<String> {
+        let bin = PathBuf::from(std::fs::read_to_string(state_dir().join("bin"))?.trim());
+        let dir = std::env::temp_dir().join(format!("{}-image-{content}", self.name));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("VERSION"), format!("{} {content}", self.name))?;
+        let status = Command::new("tar")
+            .current_dir(&dir)
+            .args(["cf", "layer.tar", "VERSION"])
+            .status()?;
+        if !status.success() {
+            bail!("tar failed");
+        }
+        let tag = format!("{REPOSITORY}:{}-{content}", self.name);
+        let crane = |args: &[&str]| -> Result<String> {
+            let out = Command::new(bin.join("crane"))
+                .current_dir(&dir)
+                .args(args)
+                .output()?;
+            if !out.status.success() {
+                bail!("crane {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        crane(&["append", "-f", "layer.tar", "-t", &tag])?;
+        crane(&["digest", &tag])
     }
 
     /// Runs kubectl in this namespace from the repository root.

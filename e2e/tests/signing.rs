@@ -266,6 +266,7 @@ async fn sluice_verify_rejects_a_moved_signature_another_key_and_a_modified_payl
     assert!(String::from_utf8_lossy(&other_key.stderr).contains("does not verify with this key"));
 
     // 3. A modified payload under the original signature.
+    sluice::install_crypto_provider();
     let registry = Registry::for_repository(&repo, false, RegistryAuth::Anonymous);
     let mut layers = registry.signature_layers(&repo, &signed).await?;
     let text = String::from_utf8(layers[0].data.to_vec())?

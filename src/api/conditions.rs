@@ -33,8 +33,14 @@ pub mod reason {
     pub const GATES_PASSED: &str = "GatesPassed";
     /// Gates are still being evaluated.
     pub const GATES_PENDING: &str = "GatesPending";
-    /// Waiting for the signer, which this version does not run yet.
-    pub const AWAITING_SIGNER: &str = "AwaitingSigner";
+    /// The image is being signed.
+    pub const SIGNING: &str = "Signing";
+    /// The image is signed.
+    pub const SIGNED: &str = "Signed";
+    /// Signed; waiting for the rollout, which this version does not run yet.
+    pub const AWAITING_ROLLOUT: &str = "AwaitingRollout";
+    /// The pipeline names no signing key.
+    pub const SIGNING_NOT_CONFIGURED: &str = "SigningNotConfigured";
     /// The pipeline is valid and ready for releases.
     pub const VALID: &str = "Valid";
     /// Nothing is in progress.
@@ -76,6 +82,19 @@ pub fn set(
         None => {
             conditions.push(wanted(now.clone()));
             true
+        }
+    }
+}
+
+/// Keeps the persisted lastTransitionTime of every condition whose status did not change since
+/// `persisted`, however many times it was rewritten in between during one reconcile.
+pub fn keep_transition_times(conditions: &mut [Condition], persisted: &[Condition]) {
+    for c in conditions.iter_mut() {
+        if let Some(old) = persisted
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = old.last_transition_time.clone();
         }
     }
 }

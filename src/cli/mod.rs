@@ -55,6 +55,13 @@ struct RunArgs {
     /// Identity of this replica in the election (pod name by default).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Registries (host:port) to reach over plain HTTP instead of HTTPS; comma-separated or repeated.
+    #[arg(
+        long = "insecure-registry",
+        env = "SLUICE_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, env = "SLUICE_LEASE_SECONDS", default_value_t = operator::DEFAULT_LEASE_DURATION.as_secs())]
     lease_seconds: u64,
@@ -89,6 +96,7 @@ struct VerifyArgs {
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
+    crate::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Crds { out_dir } => print_crds(out_dir),
@@ -143,6 +151,7 @@ fn run(args: RunArgs) -> ExitCode {
     let identity = args.identity.unwrap_or_else(default_identity);
     let config = operator::RunConfig {
         listen: args.listen,
+        insecure_registries: args.insecure_registries,
         lease: LeaseConfig {
             name: args.lease_name,
             namespace: args.lease_namespace,

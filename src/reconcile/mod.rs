@@ -4,6 +4,7 @@
 pub mod pipeline;
 pub mod release;
 pub mod release_plan;
+pub mod release_signing;
 
 use std::{sync::Arc, time::Duration};
 
@@ -30,6 +31,8 @@ pub struct Context {
     pub metrics: SharedMetrics,
     /// Clock, replaceable in tests.
     pub now: fn() -> Timestamp,
+    /// Registries (host:port) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Context {
@@ -44,6 +47,7 @@ impl Context {
             client,
             metrics,
             now: Timestamp::now,
+            insecure_registries: Vec::new(),
         }
     }
 

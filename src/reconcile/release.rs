@@ -11,10 +11,11 @@ use kube::{
 use serde_json::json;
 use tracing::info;
 
-use super::{Ctx, Error, api, release_plan};
+use super::{Ctx, Error, api, release_plan, release_signing};
 use crate::{
     api::{FIELD_MANAGER, LABEL_RELEASE, ModelRelease, SecurePipeline},
-    metrics::{ControllerLabels, VerdictLabels},
+    api::{Phase, conditions},
+    metrics::{CategoryLabels, ControllerLabels, VerdictLabels},
     tekton::TaskRun,
 };
 
@@ -50,7 +51,13 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
         .list(&ListParams::default().labels(&format!("{LABEL_RELEASE}={name}")))
         .await
         .map_err(api("list-taskruns"))?;
-    let plan = release_plan::plan(release, pipeline.as_ref(), &owned.items, (ctx.now)());
+    let mut plan = release_plan::plan(release, pipeline.as_ref(), &owned.items, (ctx.now)());
+    if let Some(p) = pipeline.as_ref() {
+        sign_if_due(ctx, release, p, &owned.items, &mut plan).await;
+    }
+    if let Some(old) = release.status.as_ref() {
+        conditions::keep_transition_times(&mut plan.status.conditions, &old.conditions);
+    }
 
     for tr in &plan.create {
         create_task_run(&task_runs, tr).await?;
@@ -86,6 +93,70 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
     Ok(next_action(&plan.status, pipeline.is_some()))
 }
 
+/// Signs once every gate passed and no signature is recorded; folds the outcome into the plan.
+async fn sign_if_due(
+    ctx: &Ctx,
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    task_runs: &[TaskRun],
+    plan: &mut release_plan::Plan,
+) {
+    let due = plan.status.phase == Phase::Signing && plan.status.signature.is_none();
+    let Some(image) = plan.status.image.clone().filter(|_| due) else {
+        return;
+    };
+    let now = (ctx.now)();
+    match release_signing::sign(ctx, release, pipeline, &image).await {
+        Ok(signature) => {
+            let note = format!(
+                "signed {}@{} as {} with key {}",
+                image.repository, image.digest, signature.reference, signature.key_id
+            );
+            let mut signed = release.clone();
+            let mut status = plan.status.clone();
+            status.signature = Some(signature);
+            signed.status = Some(status);
+            let replanned = release_plan::plan(&signed, Some(pipeline), task_runs, now);
+            plan.status = replanned.status;
+            plan.notices.push(release_plan::Notice {
+                warning: false,
+                reason: "Signed",
+                note,
+                task_run: None,
+            });
+        }
+        Err(f) => {
+            ctx.metrics
+                .signing_failures
+                .get_or_create(&CategoryLabels {
+                    category: f.category,
+                })
+                .inc();
+            let previous = release
+                .status
+                .as_ref()
+                .and_then(|s| conditions::get(&s.conditions, conditions::SIGNED))
+                .map(|c| c.reason.clone());
+            release_plan::signing_failed(
+                release,
+                &mut plan.status,
+                f.category,
+                &f.message,
+                f.block,
+                now,
+            );
+            if previous.as_deref() != Some(f.category) {
+                plan.notices.push(release_plan::Notice {
+                    warning: true,
+                    reason: "SigningFailed",
+                    note: f.message,
+                    task_run: None,
+                });
+            }
+        }
+    }
+}
+
 async fn create_task_run(api_: &Api<TaskRun>, tr: &TaskRun) -> Result<(), Error> {
     let pp = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
@@ -105,6 +176,9 @@ fn next_action(status: &crate::api::ModelReleaseStatus, pipeline_found: bool) ->
     } else if !pipeline_found {
         // The pipeline watch also triggers us; this is a safety net.
         Action::requeue(Duration::from_secs(60))
+    } else if conditions::is_true(&status.conditions, conditions::STALLED) {
+        // Secrets and the registry are not watched: retry a stalled signing soon.
+        Action::requeue(Duration::from_secs(20))
     } else {
         // TaskRun events trigger reconciles; the periodic one only guards against missed events.
         Action::requeue(Duration::from_secs(300))

@@ -322,9 +322,23 @@ impl<'a> Builder<'a> {
                 format!(" for {}@{}", i.repository, i.digest)
             });
             let gates_message = format!("all {gate_count} pre-deploy gates passed{image}");
-            let waiting = format!(
-                "{gates_message}; waiting for the signer, which this version of Sluice does not run yet"
-            );
+            let (why, waiting) = match &self.status.signature {
+                Some(sig) => (
+                    reason::AWAITING_ROLLOUT,
+                    format!(
+                        "{gates_message}; signed as {} with key {}; the rollout is not run by this version of Sluice yet",
+                        sig.reference, sig.key_id
+                    ),
+                ),
+                None => (
+                    reason::SIGNING,
+                    format!("{gates_message}; signing the image"),
+                ),
+            };
+            if let Some(sig) = &self.status.signature {
+                let signed = format!("signed as {} with key {}", sig.reference, sig.key_id);
+                self.condition(conditions::SIGNED, true, reason::SIGNED, &signed);
+            }
             self.status.phase = Phase::Signing;
             self.condition(
                 conditions::GATES_PASSED,
@@ -332,19 +346,9 @@ impl<'a> Builder<'a> {
                 reason::GATES_PASSED,
                 &gates_message,
             );
-            self.condition(conditions::READY, false, reason::AWAITING_SIGNER, &waiting);
-            self.condition(
-                conditions::STALLED,
-                false,
-                reason::AWAITING_SIGNER,
-                &waiting,
-            );
-            self.condition(
-                conditions::RECONCILING,
-                true,
-                reason::AWAITING_SIGNER,
-                &waiting,
-            );
+            self.condition(conditions::READY, false, why, &waiting);
+            self.condition(conditions::STALLED, false, why, &waiting);
+            self.condition(conditions::RECONCILING, true, why, &waiting);
         } else {
             let running: Vec<&str> = self
                 .status
@@ -441,10 +445,137 @@ fn waiting(stage: &Stage, why: &str) -> StageStatus {
     }
 }
 
+/// Records that signing failed: `Signed=False` with the reason; a configuration problem stalls the
+/// release (fixable by the user, retried), a digest missing from the registry blocks it for good.
+pub fn signing_failed(
+    release: &ModelRelease,
+    status: &mut ModelReleaseStatus,
+    category: &str,
+    message: &str,
+    block: bool,
+    now: Timestamp,
+) {
+    let generation = release.metadata.generation;
+    let now = Time(now);
+    let mut set = |t: &str, v: bool, r: &str| {
+        conditions::set(&mut status.conditions, t, v, r, message, generation, &now)
+    };
+    set(conditions::SIGNED, false, category);
+    set(conditions::READY, false, category);
+    set(conditions::STALLED, true, category);
+    set(conditions::RECONCILING, false, category);
+    if block {
+        status.phase = Phase::Blocked;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fixtures;
+
+    fn all_passed() -> Vec<TaskRun> {
+        let digest = format!("sha256:{}", "c".repeat(64));
+        vec![
+            fixtures::finished_task_run(
+                "unit-tests",
+                true,
+                &[(
+                    "TEST_OUTPUT",
+                    r#"{"result":"SUCCESS","successes":3,"failures":0}"#,
+                )],
+            ),
+            fixtures::finished_task_run("dependency-audit", true, &[("FINDINGS", "{}")]),
+            fixtures::finished_task_run(
+                "build",
+                true,
+                &[
+                    ("IMAGE_URL", "registry.example/evip/predictor:3f2a9c1"),
+                    ("IMAGE_DIGEST", &digest),
+                ],
+            ),
+        ]
+    }
+
+    #[test]
+    fn passing_every_gate_asks_for_signing_and_a_signature_makes_it_signed() {
+        let trs = all_passed();
+        let p = plan(
+            &fixtures::release(),
+            Some(&fixtures::pipeline()),
+            &trs,
+            fixtures::test_now(),
+        );
+        assert_eq!(p.status.phase, Phase::Signing);
+        let ready = conditions::get(&p.status.conditions, conditions::READY).expect("Ready");
+        assert_eq!(ready.reason, reason::SIGNING);
+        assert!(conditions::get(&p.status.conditions, conditions::SIGNED).is_none());
+
+        let mut release = fixtures::release();
+        let mut status = p.status.clone();
+        status.signature = Some(crate::api::release::SignatureRef {
+            reference: "registry.example/evip/predictor:sha256-cc.sig".into(),
+            key_id: "sha256:ab".into(),
+            signed_at: "2026-11-23T12:00:00Z".into(),
+        });
+        release.status = Some(status);
+        let signed = plan(
+            &release,
+            Some(&fixtures::pipeline()),
+            &trs,
+            fixtures::test_now(),
+        );
+        assert!(conditions::is_true(
+            &signed.status.conditions,
+            conditions::SIGNED
+        ));
+        let ready = conditions::get(&signed.status.conditions, conditions::READY).expect("Ready");
+        assert_eq!(ready.reason, reason::AWAITING_ROLLOUT);
+        assert!(
+            ready
+                .message
+                .contains("signed as registry.example/evip/predictor:sha256-cc.sig")
+        );
+    }
+
+    #[test]
+    fn a_signing_failure_stalls_or_blocks() {
+        let p = plan(
+            &fixtures::release(),
+            Some(&fixtures::pipeline()),
+            &all_passed(),
+            fixtures::test_now(),
+        );
+        let mut stalled = p.status.clone();
+        signing_failed(
+            &fixtures::release(),
+            &mut stalled,
+            "KeyInvalid",
+            "wrong password",
+            false,
+            fixtures::test_now(),
+        );
+        assert_eq!(stalled.phase, Phase::Signing);
+        assert!(conditions::is_true(
+            &stalled.conditions,
+            conditions::STALLED
+        ));
+        let mut blocked = p.status.clone();
+        signing_failed(
+            &fixtures::release(),
+            &mut blocked,
+            "DigestNotFound",
+            "not in the registry",
+            true,
+            fixtures::test_now(),
+        );
+        assert_eq!(blocked.phase, Phase::Blocked);
+        let signed = conditions::get(&blocked.conditions, conditions::SIGNED).expect("Signed");
+        assert_eq!(
+            (signed.status.as_str(), signed.reason.as_str()),
+            ("False", "DigestNotFound")
+        );
+    }
 
     #[test]
     fn planning_again_from_the_written_status_changes_nothing() {

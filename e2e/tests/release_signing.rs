@@ -1,0 +1,131 @@
+//! A release whose gates passed is signed by the operator with a key made by `cosign
+//! generate-key-pair k8s://…`, and the real cosign CLI verifies the signature in the registry.
+
+use std::{process::Command, time::Duration};
+
+use sluice::api::{Phase, conditions};
+use sluice_e2e::{REPOSITORY, Sim, TestNamespace, clean_sims, state_dir};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn cosign_verify(ns: &TestNamespace, image: &str) -> anyhow::Result<std::process::Output> {
+    let bin = std::path::PathBuf::from(std::fs::read_to_string(state_dir().join("bin"))?.trim());
+    Ok(Command::new(bin.join("cosign"))
+        .env("KUBECONFIG", state_dir().join("kubeconfig"))
+        .args([
+            "verify",
+            "--key",
+            &format!("k8s://{}/cosign-key", ns.name),
+            "--insecure-ignore-tlog=true",
+            "--allow-http-registry",
+            image,
+        ])
+        .output()?)
+}
+
+#[tokio::test]
+async fn a_passing_release_is_signed_and_cosign_verifies_it() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("sign").await?;
+    ns.with_signing_key("release-pw")?;
+    let digest = ns.push_image("ok")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    ns.release("predictor-70", &sims).await?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let release = loop {
+        let r = ns
+            .wait_phase("predictor-70", &[Phase::Signing, Phase::Blocked], TIMEOUT)
+            .await?;
+        let status = r.status.clone().unwrap_or_default();
+        if conditions::is_true(&status.conditions, conditions::SIGNED)
+            || status.phase == Phase::Blocked
+        {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never signed: {:?}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let status = release.status.expect("status");
+    assert_eq!(status.phase, Phase::Signing, "{status:?}");
+    let signature = status.signature.expect("signature in status");
+    assert_eq!(
+        signature.reference,
+        format!("{REPOSITORY}:{}.sig", digest.replace(':', "-"))
+    );
+    assert!(signature.key_id.starts_with("sha256:"));
+    let out = cosign_verify(&ns, &format!("{REPOSITORY}@{digest}"))?;
+    assert!(
+        out.status.success(),
+        "cosign verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let payload = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        payload.contains(r#""sluice.dev/release":"predictor-70""#),
+        "{payload}"
+    );
+    assert!(
+        payload.contains(r#""sluice.dev/revision":"3f2a9c1""#),
+        "{payload}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_digest_missing_from_the_registry_blocks_and_nothing_is_signed() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("nodigest").await?;
+    ns.with_signing_key("pw")?;
+    let absent = format!("sha256:{}", "e".repeat(64));
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&absent));
+    ns.release("predictor-71", &sims).await?;
+    let r = ns
+        .wait_phase("predictor-71", &[Phase::Blocked], TIMEOUT)
+        .await?;
+    let status = r.status.expect("status");
+    let signed = conditions::get(&status.conditions, conditions::SIGNED).expect("Signed condition");
+    assert_eq!(
+        (signed.status.as_str(), signed.reason.as_str()),
+        ("False", "DigestNotFound")
+    );
+    assert!(
+        signed.message.contains("not in the registry"),
+        "{}",
+        signed.message
+    );
+    assert!(status.signature.is_none());
+    assert!(
+        !cosign_verify(&ns, &format!("{REPOSITORY}@{absent}"))?
+            .status
+            .success()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_blocked_release_pushes_no_signature() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("blocksig").await?;
+    ns.with_signing_key("pw")?;
+    let digest = ns.push_image("blocked")?;
+    let mut sims = clean_sims();
+    sims[1] = ("dependency-audit", Sim::findings(1, 0, 0, 0));
+    sims[3] = ("build", Sim::built(&digest));
+    ns.release("predictor-72", &sims).await?;
+    ns.wait_phase("predictor-72", &[Phase::Blocked], TIMEOUT)
+        .await?;
+    let out = cosign_verify(&ns, &format!("{REPOSITORY}@{digest}"))?;
+    assert!(
+        !out.status.success(),
+        "a blocked release must not be signed"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no signatures found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

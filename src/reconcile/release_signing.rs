@@ -1,0 +1,226 @@
+//! The signing step of a release: key from the pipeline's Secret, registry credentials from its
+//! dockerconfigjson Secret, then sign and push. Key material and passwords stay in memory only.
+
+use std::collections::BTreeMap;
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use oci_client::secrets::RegistryAuth;
+use zeroize::Zeroizing;
+
+use super::Ctx;
+use crate::{
+    api::{
+        ModelRelease, SecurePipeline,
+        conditions::reason,
+        release::{ImageRef, SignatureRef},
+    },
+    registry::Registry,
+    signing::{self, Signer, SigningError, keys::KeyPairSigner},
+};
+
+/// Why signing did not happen.
+#[derive(Debug)]
+pub struct SigningFailure {
+    /// Bounded category, used as condition reason and metric label.
+    pub category: &'static str,
+    /// Message for the condition and the event.
+    pub message: String,
+    /// Whether the release is blocked for good (the digest is not in the registry).
+    pub block: bool,
+}
+
+fn failure(category: &'static str, message: String) -> SigningFailure {
+    SigningFailure {
+        category,
+        message,
+        block: false,
+    }
+}
+
+/// Signs the release's image and returns where the signature is.
+pub async fn sign(
+    ctx: &Ctx,
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    image: &ImageRef,
+) -> Result<SignatureRef, SigningFailure> {
+    let ns = release.namespace().unwrap_or_default();
+    let Some(signing) = &pipeline.spec.signing else {
+        return Err(failure(
+            reason::SIGNING_NOT_CONFIGURED,
+            format!(
+                "SecurePipeline {} has no spec.signing.secretRef: name a cosign key Secret to sign releases",
+                pipeline.name_any()
+            ),
+        ));
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret_name = &signing.secret_ref.name;
+    let secret = secrets
+        .get_opt(secret_name)
+        .await
+        .map_err(|e| failure("SecretUnreadable", format!("cannot read signing Secret {secret_name}: {e}")))?
+        .ok_or_else(|| {
+            failure(
+                reason::SIGNING_SECRET_NOT_FOUND,
+                format!("signing Secret {secret_name} not found in {ns}; create it with `cosign generate-key-pair k8s://{ns}/{secret_name}`"),
+            )
+        })?;
+    let signer = signer_from_secret(&secret)
+        .map_err(|e| failure(e.category(), format!("signing Secret {secret_name}: {e}")))?;
+    let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
+    let registry = Registry::new(ctx.insecure_registries.clone(), auth);
+    let annotations = annotations(release, pipeline);
+    let started = std::time::Instant::now();
+    let result = signing::sign_image(
+        &registry,
+        &signer,
+        &image.repository,
+        &image.digest,
+        &annotations,
+    )
+    .await;
+    ctx.metrics
+        .signing_duration
+        .observe(started.elapsed().as_secs_f64());
+    let signed = result.map_err(|e| SigningFailure {
+        category: e.category(),
+        block: e.category() == "DigestNotFound",
+        message: match &e {
+            SigningError::Registry(crate::registry::RegistryError::NotFound(_)) => format!(
+                "the build stage reported {}@{}, which is not in the registry; the build results cannot be trusted",
+                image.repository, image.digest
+            ),
+            other => other.to_string(),
+        },
+    })?;
+    Ok(SignatureRef {
+        reference: signed.reference,
+        key_id: signer.key_id().to_string(),
+        signed_at: (ctx.now)().to_string(),
+    })
+}
+
+/// The annotations that tie a signature to its release.
+pub fn annotations(release: &ModelRelease, pipeline: &SecurePipeline) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::from([
+        ("sluice.dev/release".to_string(), release.name_any()),
+        ("sluice.dev/pipeline".to_string(), pipeline.name_any()),
+        (
+            "sluice.dev/revision".to_string(),
+            release.spec.revision.clone(),
+        ),
+    ]);
+    if let Some(model) = &release.spec.model {
+        a.insert("sluice.dev/model".into(), model.name.clone());
+        a.insert("sluice.dev/model-version".into(), model.version.clone());
+    }
+    a
+}
+
+fn signer_from_secret(secret: &Secret) -> Result<KeyPairSigner, SigningError> {
+    let data = secret.data.clone().unwrap_or_default();
+    let key = data
+        .get("cosign.key")
+        .map(|b| Zeroizing::new(b.0.clone()))
+        .ok_or_else(|| SigningError::Key("has no cosign.key".into()))?;
+    let password = Zeroizing::new(
+        data.get("cosign.password")
+            .map(|b| b.0.clone())
+            .unwrap_or_default(),
+    );
+    KeyPairSigner::from_pem(&key, &password)
+}
+
+async fn registry_auth(
+    ctx: &Ctx,
+    pipeline: &SecurePipeline,
+    ns: &str,
+    repository: &str,
+) -> Result<RegistryAuth, SigningFailure> {
+    let Some(secret_ref) = &pipeline.spec.image.credentials_secret_ref else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = secrets
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(|e| {
+            failure(
+                "SecretUnreadable",
+                format!("cannot read registry Secret {}: {e}", secret_ref.name),
+            )
+        })?
+        .ok_or_else(|| {
+            failure(
+                "RegistrySecretNotFound",
+                format!(
+                    "registry credentials Secret {} not found in {ns}",
+                    secret_ref.name
+                ),
+            )
+        })?;
+    let config = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .ok_or_else(|| {
+            failure(
+                "RegistrySecretInvalid",
+                format!("Secret {} has no .dockerconfigjson", secret_ref.name),
+            )
+        })?;
+    let host = repository.split('/').next().unwrap_or_default();
+    docker_config_auth(&config.0, host).ok_or_else(|| {
+        failure(
+            "RegistrySecretInvalid",
+            format!("Secret {} has no credentials for {host}", secret_ref.name),
+        )
+    })
+}
+
+/// The basic-auth credentials for `host` in a `.dockerconfigjson` document.
+pub fn docker_config_auth(config: &[u8], host: &str) -> Option<RegistryAuth> {
+    let v: serde_json::Value = serde_json::from_slice(config).ok()?;
+    let entry = v
+        .get("auths")?
+        .as_object()?
+        .iter()
+        .find(|(k, _)| {
+            let k = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://");
+            k.split('/').next() == Some(host)
+        })?
+        .1;
+    if let (Some(u), Some(p)) = (
+        entry.get("username").and_then(|u| u.as_str()),
+        entry.get("password").and_then(|p| p.as_str()),
+    ) {
+        return Some(RegistryAuth::Basic(u.to_string(), p.to_string()));
+    }
+    let decoded = BASE64.decode(entry.get("auth")?.as_str()?).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some(RegistryAuth::Basic(u.to_string(), p.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_docker_config_credentials_both_ways() {
+        let both = br#"{"auths":{"127.0.0.1:35001":{"username":"u","password":"p"},"https://other.example":{"auth":"eDp5"}}}"#;
+        assert!(
+            matches!(docker_config_auth(both, "127.0.0.1:35001"), Some(RegistryAuth::Basic(u, p)) if u == "u" && p == "p")
+        );
+        assert!(
+            matches!(docker_config_auth(both, "other.example"), Some(RegistryAuth::Basic(u, p)) if u == "x" && p == "y")
+        );
+        assert!(docker_config_auth(both, "missing.example").is_none());
+        assert!(docker_config_auth(b"not json", "x").is_none());
+    }
+}
