@@ -19,7 +19,7 @@ use kube::{
 };
 use tracing::warn;
 
-use crate::metrics::{ErrorLabels, SharedMetrics};
+use crate::metrics::{ControllerLabels, ErrorLabels, SharedMetrics};
 
 /// What every reconcile needs.
 pub struct Context {
@@ -137,6 +137,23 @@ pub fn error_policy(controller: &'static str, error: &Error, metrics: &SharedMet
         Error::Api { .. } => Action::requeue(Duration::from_secs(15)),
         Error::NoNamespace => Action::await_change(),
     }
+}
+
+/// Counts and times one reconcile of `controller`.
+pub async fn timed(
+    ctx: &Ctx,
+    controller: &'static str,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let labels = ControllerLabels { controller };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let started = std::time::Instant::now();
+    let result = reconcile.await;
+    ctx.metrics
+        .duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
 }
 
 /// Shared handle to the context.

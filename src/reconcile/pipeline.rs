@@ -17,7 +17,6 @@ use crate::{
         ModelRelease, SecurePipeline, SecurePipelineStatus,
         conditions::{self, reason},
     },
-    metrics::ControllerLabels,
     tekton::Task,
 };
 
@@ -37,17 +36,7 @@ pub struct References {
 
 /// Reconciles one SecurePipeline.
 pub async fn reconcile(pipeline: Arc<SecurePipeline>, ctx: Ctx) -> Result<Action, Error> {
-    let labels = ControllerLabels {
-        controller: CONTROLLER,
-    };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let started = std::time::Instant::now();
-    let result = reconcile_inner(&pipeline, &ctx).await;
-    ctx.metrics
-        .duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    result
+    super::timed(&ctx, CONTROLLER, reconcile_inner(&pipeline, &ctx)).await
 }
 
 async fn reconcile_inner(pipeline: &SecurePipeline, ctx: &Ctx) -> Result<Action, Error> {

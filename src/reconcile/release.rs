@@ -15,7 +15,7 @@ use super::{Ctx, Error, api, release_plan, release_signing};
 use crate::{
     api::{FIELD_MANAGER, LABEL_RELEASE, ModelRelease, SecurePipeline},
     api::{Phase, conditions},
-    metrics::{CategoryLabels, ControllerLabels, VerdictLabels},
+    metrics::{CategoryLabels, VerdictLabels},
     tekton::TaskRun,
 };
 
@@ -24,17 +24,7 @@ pub const CONTROLLER: &str = "modelrelease";
 
 /// Reconciles one ModelRelease.
 pub async fn reconcile(release: Arc<ModelRelease>, ctx: Ctx) -> Result<Action, Error> {
-    let labels = ControllerLabels {
-        controller: CONTROLLER,
-    };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let started = std::time::Instant::now();
-    let result = reconcile_inner(&release, &ctx).await;
-    ctx.metrics
-        .duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    result
+    super::timed(&ctx, CONTROLLER, reconcile_inner(&release, &ctx)).await
 }
 
 async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Error> {
