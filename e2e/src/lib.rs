@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    ops::ControlFlow,
     path::PathBuf,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -215,21 +216,17 @@ impl TestNamespace {
         timeout: Duration,
     ) -> Result<ModelRelease> {
         let api = self.api::<ModelRelease>();
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("release {name} in one of {phases:?}");
+        eventually(&what, timeout, POLL, async || {
             let r = api.get(name).await?;
             let phase = r.status.as_ref().map(|s| s.phase).unwrap_or_default();
-            if phases.contains(&phase) {
-                return Ok(r);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "release {name} is {phase:?}, not {phases:?}, after {timeout:?}: {:?}",
-                    r.status
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+            Ok(if phases.contains(&phase) {
+                ControlFlow::Break(r)
+            } else {
+                ControlFlow::Continue(format!("{:?}", r.status))
+            })
+        })
+        .await
     }
 
     /// The TaskRuns of a release.
@@ -263,6 +260,29 @@ impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Synchronous so that it also runs when a test panics.
         let _ = self.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// How often `eventually` looks again by default.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// Runs `probe` every `every` until it breaks with a value; after `timeout`, fails naming `what`
+/// and the last observation the probe continued with.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> Result<ControlFlow<T, String>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe().await? {
+            ControlFlow::Break(value) => return Ok(value),
+            ControlFlow::Continue(last) if Instant::now() > deadline => {
+                bail!("{what}: not reached after {timeout:?}; last seen: {last}")
+            }
+            ControlFlow::Continue(_) => tokio::time::sleep(every).await,
+        }
     }
 }
 

@@ -2,13 +2,13 @@
 //! controller-manager and scheduler onto the kwok node, the two OCI registries, and the
 //! operator's metrics endpoint.
 
-use std::{process::Command, time::Duration};
+use std::{ops::ControlFlow, process::Command, time::Duration};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::PostParams;
 use serde_json::json;
 use sluice::api::Phase;
-use sluice_e2e::{TestNamespace, clean_sims, state_dir};
+use sluice_e2e::{POLL, TestNamespace, clean_sims, eventually, state_dir};
 
 fn status(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("curl")
@@ -52,24 +52,26 @@ async fn a_deployment_becomes_available_on_the_kwok_node() -> anyhow::Result<()>
     ns.api::<Deployment>()
         .create(&PostParams::default(), &deployment)
         .await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let d = ns.api::<Deployment>().get("predictor").await?;
-        let available = d
-            .status
-            .as_ref()
-            .and_then(|s| s.available_replicas)
-            .unwrap_or(0);
-        if available == 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "deployment not available: {:?}",
-            d.status
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let api = ns.api::<Deployment>();
+    eventually(
+        "2 available replicas",
+        Duration::from_secs(60),
+        POLL,
+        async || {
+            let d = api.get("predictor").await?;
+            let available = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            Ok(if available == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("{:?}", d.status))
+            })
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Stages become TaskRuns, Tekton and kwok run them, and the gates read the real results.
 
-use std::time::Duration;
+use std::{ops::ControlFlow, time::Duration};
 
 use kube::api::PostParams;
 use serde_json::json;
@@ -9,7 +9,7 @@ use sluice::api::{
     conditions::{self, READY},
     release::{StageState, Verdict},
 };
-use sluice_e2e::{FAKE_DIGEST, REPOSITORY, Sim, TestNamespace, clean_sims};
+use sluice_e2e::{FAKE_DIGEST, POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -211,38 +211,40 @@ async fn deleting_a_release_garbage_collects_its_taskruns() -> anyhow::Result<()
         .await?;
     assert_eq!(ns.task_runs("predictor-47").await?.len(), 4);
     sluice_e2e::delete_release(&ns, "predictor-47").await?;
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !ns.task_runs("predictor-47").await?.is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "TaskRuns still present after the release was deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually(
+        "TaskRuns of a deleted release garbage-collected",
+        TIMEOUT,
+        POLL,
+        async || {
+            let left = ns.task_runs("predictor-47").await?.len();
+            Ok(if left == 0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("{left} TaskRuns"))
+            })
+        },
+    )
+    .await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn the_pipeline_reports_ready_or_a_missing_task() -> anyhow::Result<()> {
     let ns = TestNamespace::new("pipeline").await?;
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
+    eventually("pipeline Ready", TIMEOUT, POLL, async || {
         let p = ns.pipeline().await?;
         let conds = p
             .status
             .as_ref()
             .map(|s| s.conditions.clone())
             .unwrap_or_default();
-        if conditions::is_true(&conds, READY) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pipeline never Ready: {:?}",
-            p.status
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Ok(if conditions::is_true(&conds, READY) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(format!("{:?}", p.status))
+        })
+    })
+    .await?;
     let mut broken: SecurePipeline = ns.pipeline().await?;
     broken.metadata = kube::api::ObjectMeta {
         name: Some("broken".into()),
@@ -253,26 +255,28 @@ async fn the_pipeline_reports_ready_or_a_missing_task() -> anyhow::Result<()> {
     ns.api::<SecurePipeline>()
         .create(&PostParams::default(), &broken)
         .await?;
-    loop {
-        let p = ns.api::<SecurePipeline>().get("broken").await?;
+    let api = ns.api::<SecurePipeline>();
+    let stalled = eventually("broken pipeline Stalled", TIMEOUT, POLL, async || {
+        let p = api.get("broken").await?;
         let conds = p
             .status
             .as_ref()
             .map(|s| s.conditions.clone())
             .unwrap_or_default();
-        if let Some(c) = conditions::get(&conds, conditions::STALLED).filter(|c| c.status == "True")
-        {
-            assert_eq!(c.reason, "TaskNotFound");
-            assert!(c.message.contains("no-such-task"), "{}", c.message);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "broken pipeline never Stalled: {:?}",
-            p.status
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Ok(
+            match conditions::get(&conds, conditions::STALLED).filter(|c| c.status == "True") {
+                Some(c) => ControlFlow::Break(c.clone()),
+                None => ControlFlow::Continue(format!("{:?}", p.status)),
+            },
+        )
+    })
+    .await?;
+    assert_eq!(stalled.reason, "TaskNotFound");
+    assert!(
+        stalled.message.contains("no-such-task"),
+        "{}",
+        stalled.message
+    );
     Ok(())
 }
 

@@ -1,10 +1,10 @@
 //! A release whose gates passed is signed by the operator with a key made by `cosign
 //! generate-key-pair k8s://…`, and the real cosign CLI verifies the signature in the registry.
 
-use std::{process::Command, time::Duration};
+use std::{ops::ControlFlow, process::Command, time::Duration};
 
-use sluice::api::{Phase, conditions};
-use sluice_e2e::{REPOSITORY, Sim, TestNamespace, clean_sims, state_dir};
+use sluice::api::{ModelRelease, Phase, conditions};
+use sluice_e2e::{POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually, state_dir};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -31,24 +31,19 @@ async fn a_passing_release_is_signed_and_cosign_verifies_it() -> anyhow::Result<
     let mut sims = clean_sims();
     sims[3] = ("build", Sim::built(&digest));
     ns.release("predictor-70", &sims).await?;
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    let release = loop {
-        let r = ns
-            .wait_phase("predictor-70", &[Phase::Signing, Phase::Blocked], TIMEOUT)
-            .await?;
+    let api = ns.api::<ModelRelease>();
+    let release = eventually("release signed or blocked", TIMEOUT, POLL, async || {
+        let r = api.get("predictor-70").await?;
         let status = r.status.clone().unwrap_or_default();
-        if conditions::is_true(&status.conditions, conditions::SIGNED)
-            || status.phase == Phase::Blocked
-        {
-            break r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never signed: {:?}",
-            r.status
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+        let done = conditions::is_true(&status.conditions, conditions::SIGNED)
+            || status.phase == Phase::Blocked;
+        Ok(if done {
+            ControlFlow::Break(r)
+        } else {
+            ControlFlow::Continue(format!("{status:?}"))
+        })
+    })
+    .await?;
     let status = release.status.expect("status");
     assert_eq!(status.phase, Phase::Signing, "{status:?}");
     let signature = status.signature.expect("signature in status");

@@ -1,10 +1,10 @@
 //! Killing the operator (SIGKILL) mid-release and starting it again creates no duplicate TaskRun,
 //! and the release still finishes. Its own test binary, so no other test shares the outage.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{collections::BTreeSet, ops::ControlFlow, time::Duration};
 
 use sluice::api::Phase;
-use sluice_e2e::{Sim, TestNamespace, clean_sims, operator};
+use sluice_e2e::{Sim, TestNamespace, clean_sims, eventually, operator};
 
 #[tokio::test]
 async fn sigkill_mid_release_creates_no_duplicate_taskrun() -> anyhow::Result<()> {
@@ -12,11 +12,21 @@ async fn sigkill_mid_release_creates_no_duplicate_taskrun() -> anyhow::Result<()
     // Kill as soon as the first TaskRuns exist, before the build stage was created.
     let sims: Vec<(&str, Sim)> = clean_sims();
     ns.release("predictor-50", &sims).await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ns.task_runs("predictor-50").await?.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no TaskRun created");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Polled often: the stages finish within a second or two.
+    eventually(
+        "a first TaskRun",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        async || {
+            let n = ns.task_runs("predictor-50").await?.len();
+            Ok(if n > 0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue("none".into())
+            })
+        },
+    )
+    .await?;
     operator("kill")?;
     let during = ns.task_runs("predictor-50").await?.len();
     operator("start")?;
