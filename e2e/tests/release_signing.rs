@@ -124,3 +124,143 @@ async fn a_blocked_release_pushes_no_signature() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Pushes an image to the basic-auth registry with crane, logged in through a private DOCKER_CONFIG.
+fn push_to_auth_registry(ns: &TestNamespace, repo: &str) -> anyhow::Result<String> {
+    let bin = std::path::PathBuf::from(std::fs::read_to_string(state_dir().join("bin"))?.trim());
+    let dir = std::env::temp_dir().join(format!("{}-auth", ns.name));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("VERSION"), &ns.name)?;
+    let crane = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(bin.join("crane"))
+            .current_dir(&dir)
+            .env("DOCKER_CONFIG", &dir)
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "crane {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    anyhow::ensure!(
+        Command::new("tar")
+            .current_dir(&dir)
+            .args(["cf", "layer.tar", "VERSION"])
+            .status()?
+            .success()
+    );
+    let host = repo.split('/').next().unwrap_or_default();
+    crane(&[
+        "auth",
+        "login",
+        host,
+        "-u",
+        "sluice",
+        "-p",
+        "e2e-only-password",
+    ])?;
+    crane(&[
+        "append",
+        "-f",
+        "layer.tar",
+        "-t",
+        &format!("{repo}:3f2a9c1"),
+    ])?;
+    crane(&["digest", &format!("{repo}:3f2a9c1")])
+}
+
+#[tokio::test]
+async fn signing_in_a_registry_that_needs_credentials_uses_the_secret_and_stalls_without_it()
+-> anyhow::Result<()> {
+    let ns = TestNamespace::new("authsign").await?;
+    ns.with_signing_key("pw")?;
+    let host = std::fs::read_to_string(state_dir().join("auth-registry"))?
+        .trim()
+        .to_string();
+    let repo = format!("{host}/evip/predictor");
+    let digest = push_to_auth_registry(&ns, &repo)?;
+    let patch = serde_json::json!({"spec": {"image": {"repository": repo}}}).to_string();
+    ns.kubectl(&[
+        "patch",
+        "securepipeline",
+        "predictor",
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+    ])?;
+    let built = Sim::results(&[
+        ("IMAGE_URL", &format!("{repo}:3f2a9c1")),
+        ("IMAGE_DIGEST", &digest),
+    ]);
+    let mut sims = clean_sims();
+    sims[3] = ("build", built);
+
+    // Without credentials: stalled with a reason that names the cause, nothing signed.
+    ns.release("predictor-73", &sims).await?;
+    let api = ns.api::<ModelRelease>();
+    let stalled = eventually(
+        "signing stalled without credentials",
+        TIMEOUT,
+        POLL,
+        async || {
+            let r = api.get("predictor-73").await?;
+            let conds = r.status.clone().unwrap_or_default().conditions;
+            Ok(
+                match conditions::get(&conds, conditions::SIGNED).filter(|c| c.status == "False") {
+                    Some(c) => ControlFlow::Break(c.clone()),
+                    None => ControlFlow::Continue(format!("{:?}", r.status)),
+                },
+            )
+        },
+    )
+    .await?;
+    assert_eq!(
+        stalled.reason, "RegistryUnauthorized",
+        "{}",
+        stalled.message
+    );
+    assert!(
+        stalled.message.contains("check the credentials Secret"),
+        "{}",
+        stalled.message
+    );
+
+    // With a dockerconfigjson Secret named in the pipeline: signed.
+    ns.kubectl(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "registry-creds",
+        "--docker-server",
+        &host,
+        "--docker-username",
+        "sluice",
+        "--docker-password",
+        "e2e-only-password",
+    ])?;
+    ns.kubectl(&[
+        "patch",
+        "securepipeline",
+        "predictor",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"image":{"credentialsSecretRef":{"name":"registry-creds"}}}}"#,
+    ])?;
+    let signature = eventually("signed with credentials", TIMEOUT, POLL, async || {
+        let r = api.get("predictor-73").await?;
+        Ok(match r.status.as_ref().and_then(|s| s.signature.clone()) {
+            Some(sig) => ControlFlow::Break(sig),
+            None => ControlFlow::Continue(format!("{:?}", r.status)),
+        })
+    })
+    .await?;
+    assert_eq!(
+        signature.reference,
+        format!("{repo}:{}.sig", digest.replace(':', "-"))
+    );
+    Ok(())
+}
