@@ -31,6 +31,13 @@ pub fn state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.e2e"))
 }
 
+/// Path of one of the e2e cluster's built tools (kubectl, crane, cosign, …).
+pub fn tool(name: &str) -> Result<PathBuf> {
+    let bin = std::fs::read_to_string(state_dir().join("bin"))
+        .context("reading .e2e/bin; is the e2e cluster up?")?;
+    Ok(PathBuf::from(bin.trim()).join(name))
+}
+
 /// Path of the repository root.
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -96,10 +103,9 @@ impl TestNamespace {
 
     /// Makes a cosign key pair Secret `cosign-key` with the real cosign CLI and names it in the pipeline.
     pub fn with_signing_key(&self, password: &str) -> Result<()> {
-        let bin = PathBuf::from(std::fs::read_to_string(state_dir().join("bin"))?.trim());
         let dir = std::env::temp_dir().join(format!("{}-keys", self.name));
         std::fs::create_dir_all(&dir)?;
-        let out = Command::new(bin.join("cosign"))
+        let out = Command::new(tool("cosign")?)
             .current_dir(&dir)
             .env("KUBECONFIG", state_dir().join("kubeconfig"))
             .env("COSIGN_PASSWORD", password)
@@ -128,7 +134,21 @@ impl TestNamespace {
 
     /// Pushes a small image with unique content to the pipeline's repository; returns its digest.
     pub fn push_image(&self, content: &str) -> Result<String> {
-        let bin = PathBuf::from(std::fs::read_to_string(state_dir().join("bin"))?.trim());
+        self.push_image_to(
+            &format!("{REPOSITORY}:{}-{content}", self.name),
+            content,
+            None,
+        )
+    }
+
+    /// Pushes a small image with unique content as `tag`, logging crane in first with `login`
+    /// (user, password) through a private DOCKER_CONFIG; returns its digest.
+    pub fn push_image_to(
+        &self,
+        tag: &str,
+        content: &str,
+        login: Option<(&str, &str)>,
+    ) -> Result<String> {
         let dir = std::env::temp_dir().join(format!("{}-image-{content}", self.name));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("VERSION"), format!("{} {content}", self.name))?;
@@ -139,10 +159,11 @@ impl TestNamespace {
         if !status.success() {
             bail!("tar failed");
         }
-        let tag = format!("{REPOSITORY}:{}-{content}", self.name);
+        let crane_bin = tool("crane")?;
         let crane = |args: &[&str]| -> Result<String> {
-            let out = Command::new(bin.join("crane"))
+            let out = Command::new(&crane_bin)
                 .current_dir(&dir)
+                .env("DOCKER_CONFIG", &dir)
                 .args(args)
                 .output()?;
             if !out.status.success() {
@@ -150,17 +171,17 @@ impl TestNamespace {
             }
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         };
-        crane(&["append", "-f", "layer.tar", "-t", &tag])?;
-        crane(&["digest", &tag])
+        if let Some((user, password)) = login {
+            let host = tag.split('/').next().unwrap_or_default();
+            crane(&["auth", "login", host, "-u", user, "-p", password])?;
+        }
+        crane(&["append", "-f", "layer.tar", "-t", tag])?;
+        crane(&["digest", tag])
     }
 
     /// Runs kubectl in this namespace from the repository root.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
-        let kubectl = std::fs::read_to_string(state_dir().join("bin"))?
-            .trim()
-            .to_string()
-            + "/kubectl";
-        let out = Command::new(kubectl)
+        let out = Command::new(tool("kubectl")?)
             .current_dir(repo_dir())
             .arg("--kubeconfig")
             .arg(state_dir().join("kubeconfig"))

@@ -9,8 +9,7 @@ use sluice_e2e::{POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually, s
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn cosign_verify(ns: &TestNamespace, image: &str) -> anyhow::Result<std::process::Output> {
-    let bin = std::path::PathBuf::from(std::fs::read_to_string(state_dir().join("bin"))?.trim());
-    Ok(Command::new(bin.join("cosign"))
+    Ok(Command::new(sluice_e2e::tool("cosign")?)
         .env("KUBECONFIG", state_dir().join("kubeconfig"))
         .args([
             "verify",
@@ -125,52 +124,6 @@ async fn a_blocked_release_pushes_no_signature() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pushes an image to the basic-auth registry with crane, logged in through a private DOCKER_CONFIG.
-fn push_to_auth_registry(ns: &TestNamespace, repo: &str) -> anyhow::Result<String> {
-    let bin = std::path::PathBuf::from(std::fs::read_to_string(state_dir().join("bin"))?.trim());
-    let dir = std::env::temp_dir().join(format!("{}-auth", ns.name));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("VERSION"), &ns.name)?;
-    let crane = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new(bin.join("crane"))
-            .current_dir(&dir)
-            .env("DOCKER_CONFIG", &dir)
-            .args(args)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "crane {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
-    anyhow::ensure!(
-        Command::new("tar")
-            .current_dir(&dir)
-            .args(["cf", "layer.tar", "VERSION"])
-            .status()?
-            .success()
-    );
-    let host = repo.split('/').next().unwrap_or_default();
-    crane(&[
-        "auth",
-        "login",
-        host,
-        "-u",
-        "sluice",
-        "-p",
-        "e2e-only-password",
-    ])?;
-    crane(&[
-        "append",
-        "-f",
-        "layer.tar",
-        "-t",
-        &format!("{repo}:3f2a9c1"),
-    ])?;
-    crane(&["digest", &format!("{repo}:3f2a9c1")])
-}
-
 #[tokio::test]
 async fn signing_in_a_registry_that_needs_credentials_uses_the_secret_and_stalls_without_it()
 -> anyhow::Result<()> {
@@ -180,7 +133,11 @@ async fn signing_in_a_registry_that_needs_credentials_uses_the_secret_and_stalls
         .trim()
         .to_string();
     let repo = format!("{host}/evip/predictor");
-    let digest = push_to_auth_registry(&ns, &repo)?;
+    let digest = ns.push_image_to(
+        &format!("{repo}:3f2a9c1"),
+        "auth",
+        Some(("sluice", "e2e-only-password")),
+    )?;
     let patch = serde_json::json!({"spec": {"image": {"repository": repo}}}).to_string();
     ns.kubectl(&[
         "patch",
