@@ -8,7 +8,34 @@ use oci_client::{
     secrets::RegistryAuth,
 };
 
-use crate::signing::{SIMPLE_SIGNING_MEDIA_TYPE, payload};
+use crate::signing::{DSSE_MEDIA_TYPE, SIMPLE_SIGNING_MEDIA_TYPE};
+
+/// The two artifacts cosign attaches to an image digest, each under its own tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// `sha256-<hex>.sig`: simple-signing payloads with their signature annotation.
+    Signature,
+    /// `sha256-<hex>.att`: DSSE envelopes holding in-toto statements.
+    Attestation,
+}
+
+impl Attached {
+    /// `<repo>:sha256-<hex>.<sig|att>`.
+    pub fn tag(self, repo: &str, digest: &str) -> String {
+        let suffix = match self {
+            Attached::Signature => "sig",
+            Attached::Attestation => "att",
+        };
+        format!("{repo}:{}.{suffix}", digest.replace(':', "-"))
+    }
+
+    fn media_type(self) -> &'static str {
+        match self {
+            Attached::Signature => SIMPLE_SIGNING_MEDIA_TYPE,
+            Attached::Attestation => DSSE_MEDIA_TYPE,
+        }
+    }
+}
 
 /// Errors talking to the registry. Credentials never appear in them.
 #[derive(Debug, thiserror::Error)]
@@ -104,17 +131,18 @@ impl Registry {
         }
     }
 
-    /// The layers of `repo:sha256-<hex>.sig`, or none when it does not exist.
-    pub async fn signature_layers(
+    /// The layers of the `kind` artifact attached to `repo@digest`, or none when it does not exist.
+    pub async fn attached_layers(
         &self,
+        kind: Attached,
         repo: &str,
         digest: &str,
     ) -> Result<Vec<ImageLayer>, RegistryError> {
-        let tag = payload::signature_tag(repo, digest);
+        let tag = kind.tag(repo, digest);
         let reference = Self::reference(&tag)?;
         match self
             .client
-            .pull(&reference, &self.auth, vec![SIMPLE_SIGNING_MEDIA_TYPE])
+            .pull(&reference, &self.auth, vec![kind.media_type()])
             .await
         {
             Ok(image) => Ok(image.layers),
@@ -125,14 +153,15 @@ impl Registry {
         }
     }
 
-    /// Pushes `repo:sha256-<hex>.sig` with exactly these layers.
-    pub async fn push_signature_layers(
+    /// Pushes the `kind` artifact of `repo@digest` with exactly these layers.
+    pub async fn push_attached_layers(
         &self,
+        kind: Attached,
         repo: &str,
         digest: &str,
         layers: Vec<ImageLayer>,
     ) -> Result<(), RegistryError> {
-        let tag = payload::signature_tag(repo, digest);
+        let tag = kind.tag(repo, digest);
         let reference = Self::reference(&tag)?;
         let config = Config::oci_v1(b"{}".to_vec(), None);
         let mut manifest = OciImageManifest::build(&layers, &config, None);

@@ -9,12 +9,21 @@ use sluice_e2e::{POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually, s
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn cosign_verify(ns: &TestNamespace, image: &str) -> anyhow::Result<std::process::Output> {
+    cosign(ns, &["verify"], image)
+}
+
+fn cosign(
+    ns: &TestNamespace,
+    command: &[&str],
+    image: &str,
+) -> anyhow::Result<std::process::Output> {
+    let key = format!("k8s://{}/cosign-key", ns.name);
     Ok(Command::new(sluice_e2e::tool("cosign")?)
         .env("KUBECONFIG", state_dir().join("kubeconfig"))
+        .args(command)
         .args([
-            "verify",
             "--key",
-            &format!("k8s://{}/cosign-key", ns.name),
+            &key,
             "--insecure-ignore-tlog=true",
             "--allow-http-registry",
             image,
@@ -65,6 +74,62 @@ async fn a_passing_release_is_signed_and_cosign_verifies_it() -> anyhow::Result<
     assert!(
         payload.contains(r#""sluice.dev/revision":"3f2a9c1""#),
         "{payload}"
+    );
+    assert_gates_attested(&ns, &digest, signature.attestation.as_deref())?;
+    Ok(())
+}
+
+/// `cosign verify-attestation --type <gates>` accepts the .att, and its predicate lists every stage.
+fn assert_gates_attested(
+    ns: &TestNamespace,
+    digest: &str,
+    reference: Option<&str>,
+) -> anyhow::Result<()> {
+    assert_eq!(
+        reference,
+        Some(format!("{REPOSITORY}:{}.att", digest.replace(':', "-")).as_str())
+    );
+    let image = format!("{REPOSITORY}@{digest}");
+    let gates = "https://sluice.dev/attestations/gates/v1";
+    let out = cosign(ns, &["verify-attestation", "--type", gates], &image)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cosign verify-attestation: {stderr}");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let envelope: serde_json::Value =
+        serde_json::from_str(line.lines().next().unwrap_or_default())?;
+    let payload = envelope["payload"].as_str().unwrap_or_default();
+    let statement: serde_json::Value = serde_json::from_slice(&base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        payload,
+    )?)?;
+    assert_eq!(statement["predicateType"], gates);
+    assert_eq!(statement["subject"][0]["digest"]["sha256"], digest[7..]);
+    let predicate = &statement["predicate"];
+    assert_eq!(predicate["verdict"], "Passed");
+    assert_eq!(predicate["release"]["name"], "predictor-70");
+    let stages: Vec<&str> = predicate["stages"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        stages,
+        ["unit-tests", "dependency-audit", "sast", "build"],
+        "{predicate}"
+    );
+    assert!(predicate["stages"][1]["taskRun"].is_string(), "{predicate}");
+    assert_eq!(predicate["stages"][1]["verdict"], "Passed");
+    let wrong = cosign(
+        ns,
+        &[
+            "verify-attestation",
+            "--type",
+            "https://slsa.dev/provenance/v1",
+        ],
+        &image,
+    )?;
+    assert!(
+        !wrong.status.success(),
+        "another predicate type must not match"
     );
     Ok(())
 }

@@ -7,7 +7,10 @@ use std::{
 };
 
 use oci_client::secrets::RegistryAuth;
-use sluice::{registry::Registry, signing::payload::signature_tag};
+use sluice::{
+    registry::{Attached, Registry},
+    signing::payload::signature_tag,
+};
 use sluice_e2e::{repo_dir, state_dir};
 
 struct Workdir {
@@ -268,12 +271,14 @@ async fn sluice_verify_rejects_a_moved_signature_another_key_and_a_modified_payl
     // 3. A modified payload under the original signature.
     sluice::install_crypto_provider();
     let registry = Registry::for_repository(&repo, false, RegistryAuth::Anonymous);
-    let mut layers = registry.signature_layers(&repo, &signed).await?;
+    let mut layers = registry
+        .attached_layers(Attached::Signature, &repo, &signed)
+        .await?;
     let text = String::from_utf8(layers[0].data.to_vec())?
         .replace(r#""optional":null"#, r#""optional":{"approved":"yes"}"#);
     layers[0].data = text.into_bytes().into();
     registry
-        .push_signature_layers(&repo, &signed, layers)
+        .push_attached_layers(Attached::Signature, &repo, &signed, layers)
         .await?;
     let tampered = w.run(
         &w.sluice(),
@@ -304,5 +309,97 @@ fn sign_refuses_a_digest_that_is_not_in_the_registry() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sluice_key_secret_attests_through_cosign_and_sluice_verifies_the_attestation()
+-> anyhow::Result<()> {
+    let ns = sluice_e2e::TestNamespace::new("keysecret").await?;
+    let w = Workdir::new("key-secret")?;
+    let kubeconfig = state_dir().join("kubeconfig");
+    let (repo, digest) = w.push_image("attested", "v1")?;
+    let image = format!("{repo}@{digest}");
+    let secret = format!("{}/sluice-made", ns.name);
+    let out = Command::new(w.sluice())
+        .current_dir(&w.dir)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("COSIGN_PASSWORD", "pw-secret")
+        .args(["generate-key-pair", "--k8s", &secret])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = ns.kubectl(&["get", "secret", "sluice-made", "-o", "jsonpath={.data}"])?;
+    for k in ["cosign.key", "cosign.password", "cosign.pub"] {
+        assert!(keys.contains(k), "Secret lacks {k}: {keys}");
+    }
+    // cosign reads the Secret sluice made, and attests with it.
+    std::fs::write(
+        w.dir.join("gates.json"),
+        r#"{"verdict":"Passed","stages":[]}"#,
+    )?;
+    let attest = Command::new(w.tool("cosign"))
+        .current_dir(&w.dir)
+        .env("KUBECONFIG", &kubeconfig)
+        .args([
+            "attest",
+            "--key",
+            &format!("k8s://{secret}"),
+            "--type",
+            "https://sluice.dev/attestations/gates/v1",
+            "--predicate",
+            "gates.json",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--yes",
+            &image,
+        ])
+        .output()?;
+    assert!(
+        attest.status.success(),
+        "{}",
+        String::from_utf8_lossy(&attest.stderr)
+    );
+    let key = ns.kubectl(&[
+        "get",
+        "secret",
+        "sluice-made",
+        "-o",
+        "jsonpath={.data.cosign\\.key}",
+    ])?;
+    std::fs::write(
+        w.dir.join("cosign.key"),
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key.trim())?,
+    )?;
+    w.ok(
+        &w.sluice(),
+        &["sign", "--key", "cosign.key", &image],
+        "pw-secret",
+    )?;
+    let verified = w.ok(
+        &w.sluice(),
+        &["verify", "--key", "cosign.pub", "--attestation", &image],
+        "",
+    )?;
+    assert!(
+        verified.contains(r#"{"stages":[],"verdict":"Passed"}"#),
+        "{verified}"
+    );
+
+    // Another key's attestation is not accepted.
+    w.ok(
+        &w.sluice(),
+        &["generate-key-pair", "--output-key-prefix", "other"],
+        "",
+    )?;
+    let rejected = w.run(
+        &w.sluice(),
+        &["verify", "--key", "other.pub", "--attestation", &image],
+        "",
+    )?;
+    assert!(!rejected.status.success());
     Ok(())
 }

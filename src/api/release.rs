@@ -284,6 +284,9 @@ pub struct ImageRef {
 pub struct SignatureRef {
     /// Registry reference of the signature, <repo>:sha256-<hex>.sig.
     pub reference: String,
+    /// Registry reference of the gates attestation, <repo>:sha256-<hex>.att.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
     /// Identifier of the signing key (sha256 of its public key).
     pub key_id: String,
     /// When the image was signed (RFC 3339).

@@ -20,11 +20,17 @@ pub struct Cli {
 enum Command {
     /// Run the controller (uses the in-cluster config or KUBECONFIG).
     Run(RunArgs),
-    /// Write a cosign-compatible key pair (cosign.key encrypted with COSIGN_PASSWORD, cosign.pub).
+    /// Write a cosign-compatible key pair (cosign.key encrypted with COSIGN_PASSWORD, cosign.pub),
+    /// or store it in a Kubernetes Secret with --k8s.
     GenerateKeyPair {
         /// File name prefix, as cosign's --output-key-prefix.
         #[arg(long, default_value = "cosign")]
         output_key_prefix: String,
+        /// Create the Secret NAMESPACE/NAME (cosign.key, cosign.password, cosign.pub) instead of
+        /// the key file, as `cosign generate-key-pair k8s://NAMESPACE/NAME` does; cosign.pub is
+        /// still written locally.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        k8s: Option<String>,
     },
     /// Sign IMAGE@DIGEST with a cosign key and push the signature to the registry.
     Sign(SignArgs),
@@ -87,6 +93,9 @@ struct VerifyArgs {
     /// cosign.pub.
     #[arg(long)]
     key: PathBuf,
+    /// Also verify Sluice's gates attestation (.att) and print its predicate.
+    #[arg(long)]
+    attestation: bool,
     /// Use plain HTTP for a registry that is not on loopback.
     #[arg(long)]
     allow_http_registry: bool,
@@ -101,9 +110,17 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Crds { out_dir } => print_crds(out_dir),
         Command::Run(args) => run(args),
-        Command::GenerateKeyPair { output_key_prefix } => {
-            report(signing_cli::generate_key_pair(&output_key_prefix))
-        }
+        Command::GenerateKeyPair {
+            output_key_prefix,
+            k8s: None,
+        } => report(signing_cli::generate_key_pair(&output_key_prefix)),
+        Command::GenerateKeyPair {
+            output_key_prefix,
+            k8s: Some(secret),
+        } => report(block_on(signing_cli::generate_key_pair_secret(
+            &output_key_prefix,
+            &secret,
+        ))),
         Command::Sign(a) => report(block_on(signing_cli::sign(
             &a.key,
             &a.annotations,
@@ -112,6 +129,7 @@ pub fn main() -> ExitCode {
         ))),
         Command::Verify(a) => report(block_on(signing_cli::verify(
             &a.key,
+            a.attestation,
             a.allow_http_registry,
             &a.image,
         ))),

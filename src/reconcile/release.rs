@@ -96,7 +96,7 @@ async fn sign_if_due(
         return;
     };
     let now = (ctx.now)();
-    match release_signing::sign(ctx, release, pipeline, &image).await {
+    match release_signing::sign(ctx, release, pipeline, &image, &plan.status.stages).await {
         Ok(signature) => {
             let note = format!(
                 "signed {}@{} as {} with key {}",

@@ -515,6 +515,7 @@ mod tests {
         let mut status = p.status.clone();
         status.signature = Some(crate::api::release::SignatureRef {
             reference: "registry.example/evip/predictor:sha256-cc.sig".into(),
+            attestation: None,
             key_id: "sha256:ab".into(),
             signed_at: "2026-11-23T12:00:00Z".into(),
         });

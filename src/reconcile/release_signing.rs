@@ -14,10 +14,14 @@ use crate::{
     api::{
         ModelRelease, SecurePipeline,
         conditions::reason,
-        release::{ImageRef, SignatureRef},
+        release::{ImageRef, SignatureRef, StageStatus},
     },
     registry::Registry,
-    signing::{self, Signer, SigningError, keys::KeyPairSigner},
+    signing::{
+        self, Signer, SigningError,
+        attestation::{self, GATES_PREDICATE_TYPE, Statement},
+        keys::KeyPairSigner,
+    },
 };
 
 /// Why signing did not happen.
@@ -39,12 +43,13 @@ fn failure(category: &'static str, message: String) -> SigningFailure {
     }
 }
 
-/// Signs the release's image and returns where the signature is.
+/// Signs the release's image, attests its gate verdicts (`stages`), and returns where both are.
 pub async fn sign(
     ctx: &Ctx,
     release: &ModelRelease,
     pipeline: &SecurePipeline,
     image: &ImageRef,
+    stages: &[StageStatus],
 ) -> Result<SignatureRef, SigningFailure> {
     let ns = release.namespace().unwrap_or_default();
     let Some(signing) = &pipeline.spec.signing else {
@@ -73,19 +78,18 @@ pub async fn sign(
     let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
     let registry = Registry::new(ctx.insecure_registries.clone(), auth);
     let annotations = annotations(release, pipeline);
-    let started = std::time::Instant::now();
-    let result = signing::sign_image(
-        &registry,
-        &signer,
+    let statement = Statement::new(
         &image.repository,
         &image.digest,
-        &annotations,
-    )
-    .await;
+        GATES_PREDICATE_TYPE,
+        gates_predicate(release, pipeline, stages),
+    );
+    let started = std::time::Instant::now();
+    let result = sign_and_attest(&registry, &signer, image, &annotations, &statement).await;
     ctx.metrics
         .signing_duration
         .observe(started.elapsed().as_secs_f64());
-    let signed = result.map_err(|e| SigningFailure {
+    let (signed, attested) = result.map_err(|e| SigningFailure {
         category: e.category(),
         block: e.category() == "DigestNotFound",
         message: match &e {
@@ -98,8 +102,60 @@ pub async fn sign(
     })?;
     Ok(SignatureRef {
         reference: signed.reference,
+        attestation: Some(attested.reference),
         key_id: signer.key_id().to_string(),
         signed_at: (ctx.now)().to_string(),
+    })
+}
+
+async fn sign_and_attest(
+    registry: &Registry,
+    signer: &KeyPairSigner,
+    image: &ImageRef,
+    annotations: &BTreeMap<String, String>,
+    statement: &Statement,
+) -> Result<(signing::SignedImage, attestation::Attested), SigningError> {
+    let (repo, digest) = (&image.repository, &image.digest);
+    let signed = signing::sign_image(registry, signer, repo, digest, annotations).await?;
+    let attested = attestation::attest_image(registry, signer, repo, digest, statement).await?;
+    Ok((signed, attested))
+}
+
+/// The gates predicate: the release, then every judged (pre-deploy) stage with its TaskRun,
+/// verdict, findings and the exceptions applied. Built only from recorded verdicts, so it is the
+/// same after a restart; post-deploy stages have not run when the image is signed.
+pub fn gates_predicate(
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    stages: &[StageStatus],
+) -> serde_json::Value {
+    let stages: Vec<_> = stages
+        .iter()
+        .filter(|s| s.gate.is_some())
+        .map(|s| {
+            serde_json::json!({
+                "name": s.name,
+                "taskRun": s.task_run,
+                "state": s.state,
+                "verdict": s.gate,
+                "findings": s.findings,
+                "tests": s.tests,
+                "exceptionsApplied": s.exceptions_applied,
+                "reason": s.reason,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "release": {
+            "name": release.name_any(),
+            "namespace": release.namespace(),
+            "uid": release.uid(),
+            "pipeline": pipeline.name_any(),
+            "revision": release.spec.revision,
+            "model": release.spec.model,
+        },
+        "verdict": "Passed",
+        "stages": stages,
     })
 }
 

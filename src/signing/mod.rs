@@ -1,6 +1,7 @@
 //! Signing seams, kept apart as in Tekton Chains: a `Signer` (key material), the payload format
 //! (cosign simple signing), and storage in the registry (`crate::registry`).
 
+pub mod attestation;
 pub mod keys;
 pub mod payload;
 
@@ -9,10 +10,12 @@ use std::collections::BTreeMap;
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use oci_client::client::ImageLayer;
 
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Attached, Registry, RegistryError};
 
 /// Media type of a cosign simple-signing layer.
 pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// Media type of a cosign attestation layer (a DSSE envelope).
+pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 /// Layer annotation holding the base64 signature.
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 
@@ -77,7 +80,9 @@ pub async fn sign_image(
     registry.require_manifest(repo, digest).await?;
     let payload = payload::simple_signing(repo, digest, annotations);
     let reference = payload::signature_tag(repo, digest);
-    let mut layers = registry.signature_layers(repo, digest).await?;
+    let mut layers = registry
+        .attached_layers(Attached::Signature, repo, digest)
+        .await?;
     let key = keys::verification_key(signer.public_key_pem())?;
     if layers
         .iter()
@@ -95,7 +100,9 @@ pub async fn sign_image(
         SIMPLE_SIGNING_MEDIA_TYPE.into(),
         Some(annotations),
     ));
-    registry.push_signature_layers(repo, digest, layers).await?;
+    registry
+        .push_attached_layers(Attached::Signature, repo, digest, layers)
+        .await?;
     Ok(SignedImage {
         reference,
         already_signed: false,
@@ -118,7 +125,9 @@ pub async fn verify_image(
     digest: &str,
 ) -> Result<Verified, SigningError> {
     let key = keys::verification_key(public_key_pem)?;
-    let layers = registry.signature_layers(repo, digest).await?;
+    let layers = registry
+        .attached_layers(Attached::Signature, repo, digest)
+        .await?;
     if layers.is_empty() {
         return Err(SigningError::Verification(format!(
             "no signature found at {}",
