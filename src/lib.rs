@@ -12,6 +12,7 @@ pub mod names;
 pub mod operator;
 pub mod reconcile;
 pub mod registry;
+pub mod rollout;
 pub mod signing;
 pub mod tekton;
 pub mod telemetry;

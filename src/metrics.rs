@@ -53,6 +53,22 @@ pub struct PhaseLabels {
     pub phase: &'static str,
 }
 
+/// Labels of rollout outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Final phase.
+    pub outcome: &'static str,
+    /// Bounded reason.
+    pub reason: &'static str,
+}
+
+/// Labels naming a stage.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// Stage name.
+    pub stage: String,
+}
+
 /// Every metric Sluice exports.
 pub struct Metrics {
     registry: Registry,
@@ -70,6 +86,10 @@ pub struct Metrics {
     pub signing_duration: Histogram,
     /// Signing failures by category.
     pub signing_failures: Family<CategoryLabels, Counter>,
+    /// Rollouts that ended, by outcome (Released, RolledBack, Failed) and reason.
+    pub rollouts: Family<OutcomeLabels, Counter>,
+    /// Rescans whose gates now block, by stage.
+    pub rescan_findings: Family<StageLabels, Counter>,
     releases: Family<PhaseLabels, Gauge>,
     release_store: OnceLock<Store<ModelRelease>>,
 }
@@ -117,6 +137,18 @@ impl Default for Metrics {
             task_runs_created.clone(),
         );
         registry.register("releases", "ModelReleases by phase", releases.clone());
+        let rollouts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "rollouts",
+            "Rollouts that ended, by outcome and reason",
+            rollouts.clone(),
+        );
+        let rescan_findings = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "rescan_blocked",
+            "Rescans whose gate now blocks the released image, by stage",
+            rescan_findings.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -126,6 +158,8 @@ impl Default for Metrics {
             task_runs_created,
             signing_duration,
             signing_failures,
+            rollouts,
+            rescan_findings,
             releases,
             release_store: OnceLock::new(),
         }

@@ -11,6 +11,7 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Client, ResourceExt,
     runtime::{Controller, reflector::ObjectRef, watcher},
@@ -117,6 +118,7 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     let release_controller = Controller::new(releases.clone(), wc.clone());
     let release_store = release_controller.store();
     metrics.watch_releases(release_store.clone());
+    let deployment_store = release_store.clone();
     let release_loop = release_controller
         .owns(
             task_runs,
@@ -132,6 +134,21 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
                     .state()
                     .into_iter()
                     .filter(|r| r.namespace() == ns && r.spec.pipeline_ref.name == name)
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            wc.clone(),
+            move |dep: Deployment| {
+                let ns = dep.namespace();
+                let name = dep.name_any();
+                deployment_store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.namespace() == ns && r.spec.target.deployment == name)
+                    .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_final()))
                     .map(|r| ObjectRef::from_obj(&*r))
                     .collect::<Vec<_>>()
             },

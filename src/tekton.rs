@@ -164,6 +164,7 @@ pub fn build(
     pipeline: &SecurePipeline,
     stage: &Stage,
     image: Option<&ImageRef>,
+    target_url: Option<&str>,
 ) -> TaskRun {
     let release_name = release.name_any();
     let mut labels: BTreeMap<String, String> = release
@@ -197,7 +198,7 @@ pub fn build(
             resolver: stage.task_ref.resolver.clone(),
             params: stage.task_ref.params.clone(),
         }),
-        params: params(release, pipeline, stage, image),
+        params: params(release, pipeline, stage, image, target_url),
         workspaces: stage.workspaces.clone(),
         service_account_name: pipeline.spec.service_account_name.clone(),
         timeout: stage.timeout.clone(),
@@ -220,6 +221,7 @@ fn params(
     pipeline: &SecurePipeline,
     stage: &Stage,
     image: Option<&ImageRef>,
+    target_url: Option<&str>,
 ) -> Vec<Param> {
     let p = |name: &str, value: String| Param {
         name: name.to_string(),
@@ -239,6 +241,9 @@ fn params(
     ];
     if let Some(image) = image {
         out.push(p("IMAGE_DIGEST", image.digest.clone()));
+    }
+    if let Some(url) = target_url {
+        out.push(p("TARGET_URL", url.to_string()));
     }
     // A stage's own params may not override the ones Sluice guarantees.
     out.extend(

@@ -39,7 +39,7 @@ async fn clean_release_passes_every_gate_in_dag_order() -> anyhow::Result<()> {
         &status.conditions,
         conditions::GATES_PASSED
     ));
-    assert_eq!(status.gates_summary.as_deref(), Some("4/4"));
+    assert_eq!(status.gates_summary.as_deref(), Some("4/5"));
     let image = status.image.expect("image");
     assert_eq!(
         (image.repository.as_str(), image.digest.as_str()),

@@ -14,6 +14,8 @@ pub const GATES_PASSED: &str = "GatesPassed";
 pub const SIGNED: &str = "Signed";
 /// The target Deployment runs the signed digest.
 pub const ROLLED_OUT: &str = "RolledOut";
+/// A scheduled rescan found what the gates now block in the released image.
+pub const VULNERABLE: &str = "Vulnerable";
 
 /// Reasons, one word each, as Events and conditions show them.
 pub mod reason {
@@ -37,8 +39,42 @@ pub mod reason {
     pub const SIGNING: &str = "Signing";
     /// The image is signed.
     pub const SIGNED: &str = "Signed";
-    /// Signed; waiting for the rollout, which this version does not run yet.
+    /// Signed; the rollout starts next.
     pub const AWAITING_ROLLOUT: &str = "AwaitingRollout";
+    /// `approval: manual` and no approval for the signed digest yet.
+    pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
+    /// The approval annotation names another digest.
+    pub const APPROVAL_DIGEST_MISMATCH: &str = "ApprovalDigestMismatch";
+    /// The target Deployment does not exist in the release's namespace.
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    /// The target Deployment has no container of the given name.
+    pub const CONTAINER_NOT_FOUND: &str = "ContainerNotFound";
+    /// Another release of the same Deployment is rolling out.
+    pub const WAITING_FOR_ROLLOUT: &str = "WaitingForRollout";
+    /// A newer release of the same Deployment passed its gates first.
+    pub const SUPERSEDED: &str = "Superseded";
+    /// The signature in the registry did not verify just before the rollout.
+    pub const SIGNATURE_INVALID: &str = "SignatureInvalid";
+    /// The Deployment is rolling out the signed digest.
+    pub const ROLLING_OUT: &str = "RollingOut";
+    /// Post-deploy stages are running against the rolled-out release.
+    pub const VERIFYING: &str = "Verifying";
+    /// The release runs and passed every gate.
+    pub const RELEASED: &str = "Released";
+    /// The rollout did not complete.
+    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+    /// The previous image is being restored.
+    pub const ROLLING_BACK: &str = "RollingBack";
+    /// The Deployment runs the release's image on every replica.
+    pub const ROLLED_OUT: &str = "RolledOut";
+    /// The previous image was restored.
+    pub const ROLLED_BACK: &str = "RolledBack";
+    /// Restoring the previous image failed too.
+    pub const ROLLBACK_FAILED: &str = "RollbackFailed";
+    /// A rescan found what the gates now block.
+    pub const VULNERABLE: &str = "Vulnerable";
+    /// The latest rescan passed every gate.
+    pub const RESCAN_PASSED: &str = "RescanPassed";
     /// The pipeline names no signing key.
     pub const SIGNING_NOT_CONFIGURED: &str = "SigningNotConfigured";
     /// The pipeline is valid and ready for releases.

@@ -15,3 +15,7 @@ pub const LABEL_STAGE: &str = "sluice.dev/stage";
 pub const LABEL_PIPELINE: &str = "sluice.dev/pipeline";
 /// Field manager of every write Sluice makes.
 pub const FIELD_MANAGER: &str = "sluice";
+/// Pod-template annotation naming the ModelRelease whose image the pods run.
+pub const ANNOTATION_RELEASE: &str = "sluice.dev/release";
+/// ModelRelease annotation approving exactly one signed digest for rollout (`approval: manual`).
+pub const ANNOTATION_APPROVED_DIGEST: &str = "sluice.dev/approved-digest";

@@ -113,6 +113,8 @@ pub enum Phase {
     RollingOut,
     /// Post-deploy stages are running against the rollout.
     Verifying,
+    /// The rollout or a post-deploy gate failed; the previous image is being restored.
+    RollingBack,
     /// Rolled out and verified.
     Released,
     /// Could not complete and could not restore the previous image.
@@ -125,7 +127,7 @@ pub enum Phase {
 
 impl Phase {
     /// All phases, for metrics that report a count per phase.
-    pub const ALL: [Phase; 11] = [
+    pub const ALL: [Phase; 12] = [
         Phase::Pending,
         Phase::Running,
         Phase::Blocked,
@@ -133,6 +135,7 @@ impl Phase {
         Phase::AwaitingApproval,
         Phase::RollingOut,
         Phase::Verifying,
+        Phase::RollingBack,
         Phase::Released,
         Phase::Failed,
         Phase::RolledBack,
@@ -151,6 +154,14 @@ impl Phase {
         )
     }
 
+    /// Whether the rollout owns the phase (approval, rollout, verification, rollback).
+    pub fn is_rollout(self) -> bool {
+        matches!(
+            self,
+            Phase::AwaitingApproval | Phase::RollingOut | Phase::Verifying | Phase::RollingBack
+        )
+    }
+
     /// The phase as it appears in status and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -161,6 +172,7 @@ impl Phase {
             Phase::AwaitingApproval => "AwaitingApproval",
             Phase::RollingOut => "RollingOut",
             Phase::Verifying => "Verifying",
+            Phase::RollingBack => "RollingBack",
             Phase::Released => "Released",
             Phase::Failed => "Failed",
             Phase::RolledBack => "RolledBack",
@@ -322,4 +334,48 @@ pub struct ModelReleaseStatus {
     /// Container image of the target before the rollout; what a rollback restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_image: Option<String>,
+    /// The rollout to the target Deployment, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// The latest scheduled re-audit of this release, once run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescan: Option<RescanStatus>,
+}
+
+/// The rollout of a release's image to its target Deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The Deployment rolled out.
+    pub deployment: String,
+    /// The image set on the container, repository@sha256:digest.
+    pub image: String,
+    /// Value of the pod template's sluice.dev/release annotation before the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_release: Option<String>,
+    /// URL of the Service in front of the Deployment, given to post-deploy stages as TARGET_URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+    /// When the image was applied.
+    pub started_at: String,
+    /// When the Deployment reported the rollout complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    /// Why previousImage was restored, once a rollback started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_reason: Option<String>,
+    /// When previousImage was applied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_started_at: Option<String>,
+}
+
+/// The latest scheduled re-audit of a released revision.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RescanStatus {
+    /// Scheduled time of the rescan (RFC 3339).
+    pub scheduled_at: String,
+    /// The re-run stages, judged by the same gates.
+    #[serde(default)]
+    pub stages: Vec<StageStatus>,
 }

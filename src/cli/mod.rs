@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{crds, leader::LeaseConfig, operator, telemetry};
 
+mod approve_cli;
 mod signing_cli;
 
 /// Sluice: gate ML model releases behind Tekton security stages.
@@ -36,6 +37,17 @@ enum Command {
     Sign(SignArgs),
     /// Verify the signature of IMAGE@DIGEST in the registry against a cosign public key.
     Verify(VerifyArgs),
+    /// Approve the signed digest of a ModelRelease with `approval: manual` for rollout.
+    Approve {
+        /// The ModelRelease.
+        release: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// Refuse unless this is the digest that was signed (sha256:HEX).
+        #[arg(long)]
+        digest: Option<String>,
+    },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD with --out-dir.
     Crds {
         /// Directory to write <crd-name>.yaml files into.
@@ -126,6 +138,15 @@ pub fn main() -> ExitCode {
             &a.annotations,
             a.allow_http_registry,
             &a.image,
+        ))),
+        Command::Approve {
+            release,
+            namespace,
+            digest,
+        } => report(block_on(approve_cli::approve(
+            &release,
+            namespace.as_deref(),
+            digest.as_deref(),
         ))),
         Command::Verify(a) => report(block_on(signing_cli::verify(
             &a.key,

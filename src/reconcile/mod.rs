@@ -4,6 +4,7 @@
 pub mod pipeline;
 pub mod release;
 pub mod release_plan;
+pub mod release_rollout;
 pub mod release_signing;
 
 use std::{sync::Arc, time::Duration};

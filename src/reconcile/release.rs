@@ -11,7 +11,7 @@ use kube::{
 use serde_json::json;
 use tracing::info;
 
-use super::{Ctx, Error, api, release_plan, release_signing};
+use super::{Ctx, Error, api, release_plan, release_rollout, release_signing};
 use crate::{
     api::{FIELD_MANAGER, LABEL_RELEASE, ModelRelease, SecurePipeline},
     api::{Phase, conditions},
@@ -44,6 +44,9 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
     let mut plan = release_plan::plan(release, pipeline.as_ref(), &owned.items, (ctx.now)());
     if let Some(p) = pipeline.as_ref() {
         sign_if_due(ctx, release, p, &owned.items, &mut plan).await;
+        release_rollout::Rollout::new(ctx, release, p, &mut plan.status, &mut plan.notices)
+            .advance()
+            .await?;
     }
     if let Some(old) = release.status.as_ref() {
         conditions::keep_transition_times(&mut plan.status.conditions, &old.conditions);
@@ -161,8 +164,13 @@ async fn create_task_run(api_: &Api<TaskRun>, tr: &TaskRun) -> Result<(), Error>
 }
 
 fn next_action(status: &crate::api::ModelReleaseStatus, pipeline_found: bool) -> Action {
+    let waiting_turn = conditions::get(&status.conditions, conditions::READY)
+        .is_some_and(|c| c.reason == conditions::reason::WAITING_FOR_ROLLOUT);
     if status.phase.is_final() {
         Action::await_change()
+    } else if matches!(status.phase, Phase::RollingOut | Phase::RollingBack) || waiting_turn {
+        // Deployment events trigger reconciles too; this bounds the wait if one is missed.
+        Action::requeue(Duration::from_secs(5))
     } else if !pipeline_found {
         // The pipeline watch also triggers us; this is a safety net.
         Action::requeue(Duration::from_secs(60))
@@ -289,7 +297,7 @@ mod tests {
             let status = &patch.body["status"];
             assert_eq!(status["phase"], "Running");
             assert_eq!(status["observedGeneration"], 1);
-            assert_eq!(status["gatesSummary"], "0/3");
+            assert_eq!(status["gatesSummary"], "0/4");
             let states: Vec<&str> = status["stages"]
                 .as_array()
                 .expect("stages")
@@ -430,7 +438,7 @@ mod tests {
             let body = post.body.clone();
             post.respond(StatusCode::CREATED, &body);
             let patch = server.expect(Method::PATCH, STATUS_URI).await;
-            assert_eq!(patch.body["status"]["gatesSummary"], "2/3");
+            assert_eq!(patch.body["status"]["gatesSummary"], "2/4");
             let body = with_status(&patch.body);
             patch.ok(&body);
             for reason in ["GatePassed", "GatePassed", "TaskRunCreated", "Running"] {

@@ -163,24 +163,63 @@ impl<'a> Builder<'a> {
             repository: &pipeline.spec.image.repository,
         };
         let ordered = dag::order(&pipeline.spec.stages).unwrap_or_default();
-        let pre: Vec<&Stage> = ordered
-            .iter()
-            .copied()
-            .filter(|s| !s.is_post_deploy())
-            .collect();
+        let (post, pre): (Vec<&Stage>, Vec<&Stage>) =
+            ordered.iter().copied().partition(|s| s.is_post_deploy());
         // First judge whatever has finished, so a block seen now stops every stage not yet started.
         let mut entries: Vec<StageStatus> = pre
             .iter()
             .map(|s| self.observe(s, by_stage.get(s.name.as_str()), ctx))
             .collect();
-        let blocked = entries.iter().any(|e| e.gate == Some(Verdict::Blocked));
-        let may_start = !blocked && !self.status.phase.is_final();
-        let passed: BTreeSet<String> = entries
+        let may_start = !self.status.phase.is_final();
+        let mut passed = self.start_ready(pipeline, &pre, &mut entries, &BTreeSet::new(), may_start);
+        let mut post_entries: Vec<StageStatus> = post
             .iter()
-            .filter(|e| e.gate == Some(Verdict::Passed))
-            .map(|e| e.name.clone())
+            .map(|s| match by_stage.get(s.name.as_str()) {
+                None if !self.has_verdict(s) => waiting(s, "runs after the rollout"),
+                tr => self.observe(s, tr, ctx),
+            })
             .collect();
-        for (stage, entry) in pre.iter().zip(entries.iter_mut()) {
+        if pre.len() == passed.len() {
+            let verifying = self.status.phase == Phase::Verifying;
+            passed = self.start_ready(pipeline, &post, &mut post_entries, &passed, verifying);
+        }
+        let pre_count = entries.len();
+        entries.extend(post_entries);
+        self.status.stages = entries;
+        self.decide_phase(pre_count, passed.len());
+    }
+
+    fn has_verdict(&self, stage: &Stage) -> bool {
+        self.status
+            .stages
+            .iter()
+            .any(|e| e.name == stage.name && e.gate.is_some())
+    }
+
+    /// Marks the waiting stages not run when one of `stages` blocked, else starts those whose
+    /// runAfter stages passed (when `may_start`). Returns every passed stage, `before` included.
+    fn start_ready(
+        &mut self,
+        pipeline: &SecurePipeline,
+        stages: &[&Stage],
+        entries: &mut [StageStatus],
+        before: &BTreeSet<String>,
+        may_start: bool,
+    ) -> BTreeSet<String> {
+        let blocked = entries.iter().any(|e| e.gate == Some(Verdict::Blocked));
+        let mut passed = before.clone();
+        passed.extend(
+            entries
+                .iter()
+                .filter(|e| e.gate == Some(Verdict::Passed))
+                .map(|e| e.name.clone()),
+        );
+        let target_url = self
+            .status
+            .rollout
+            .as_ref()
+            .and_then(|r| r.target_url.clone());
+        for (stage, entry) in stages.iter().zip(entries.iter_mut()) {
             if entry.state != StageState::Waiting {
                 continue;
             }
@@ -189,7 +228,14 @@ impl<'a> Builder<'a> {
                 entry.gate = Some(Verdict::Skipped);
                 entry.reason = Some("not run: the release was blocked by another stage".into());
             } else if may_start && dag::is_ready(stage, &passed) {
-                let tr = tekton::build(self.release, pipeline, stage, self.status.image.as_ref());
+                let url = target_url.as_deref().filter(|_| stage.is_post_deploy());
+                let tr = tekton::build(
+                    self.release,
+                    pipeline,
+                    stage,
+                    self.status.image.as_ref(),
+                    url,
+                );
                 entry.state = StageState::Running;
                 entry.reason = None;
                 entry.task_run = tr.metadata.name.clone();
@@ -206,14 +252,7 @@ impl<'a> Builder<'a> {
                 self.create.push(tr);
             }
         }
-        entries.extend(
-            ordered
-                .iter()
-                .filter(|s| s.is_post_deploy())
-                .map(|s| waiting(s, "runs after the rollout")),
-        );
-        self.status.stages = entries;
-        self.decide_phase(pre.len());
+        passed
     }
 
     /// The status of one stage from its previous entry and its TaskRun; a verdict once given stands.
@@ -282,20 +321,19 @@ impl<'a> Builder<'a> {
         entry
     }
 
-    fn decide_phase(&mut self, gate_count: usize) {
-        let passed = self
-            .status
-            .stages
-            .iter()
-            .filter(|e| e.gate == Some(Verdict::Passed))
-            .count();
-        self.status.gates_summary = Some(format!("{passed}/{gate_count}"));
+    /// Sets the phase from the pre-deploy verdicts (the first `gate_count` stages); from the
+    /// approval on, the rollout decides the phase and only the gate conditions are kept here.
+    fn decide_phase(&mut self, gate_count: usize, all_passed: usize) {
+        let total = self.status.stages.len();
+        self.status.gates_summary = Some(format!("{all_passed}/{total}"));
         if self.status.phase.is_final() {
             return;
         }
-        let blocking: Vec<String> = self
-            .status
-            .stages
+        let passed = self.status.stages[..gate_count]
+            .iter()
+            .filter(|e| e.gate == Some(Verdict::Passed))
+            .count();
+        let blocking: Vec<String> = self.status.stages[..gate_count]
             .iter()
             .filter(|e| e.gate == Some(Verdict::Blocked))
             .filter_map(|e| e.reason.clone())
@@ -326,7 +364,7 @@ impl<'a> Builder<'a> {
                 Some(sig) => (
                     reason::AWAITING_ROLLOUT,
                     format!(
-                        "{gates_message}; signed as {} with key {}; the rollout is not run by this version of Sluice yet",
+                        "{gates_message}; signed as {} with key {}; rolling out next",
                         sig.reference, sig.key_id
                     ),
                 ),
@@ -339,13 +377,16 @@ impl<'a> Builder<'a> {
                 let signed = format!("signed as {} with key {}", sig.reference, sig.key_id);
                 self.condition(conditions::SIGNED, true, reason::SIGNED, &signed);
             }
-            self.status.phase = Phase::Signing;
             self.condition(
                 conditions::GATES_PASSED,
                 true,
                 reason::GATES_PASSED,
                 &gates_message,
             );
+            if self.status.phase.is_rollout() {
+                return;
+            }
+            self.status.phase = Phase::Signing;
             self.condition(conditions::READY, false, why, &waiting);
             self.condition(conditions::STALLED, false, why, &waiting);
             self.condition(conditions::RECONCILING, true, why, &waiting);

@@ -52,27 +52,7 @@ pub async fn sign(
     stages: &[StageStatus],
 ) -> Result<SignatureRef, SigningFailure> {
     let ns = release.namespace().unwrap_or_default();
-    let Some(signing) = &pipeline.spec.signing else {
-        return Err(failure(
-            reason::SIGNING_NOT_CONFIGURED,
-            format!(
-                "SecurePipeline {} has no spec.signing.secretRef: name a cosign key Secret to sign releases",
-                pipeline.name_any()
-            ),
-        ));
-    };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let secret_name = &signing.secret_ref.name;
-    let secret = secrets
-        .get_opt(secret_name)
-        .await
-        .map_err(|e| failure("SecretUnreadable", format!("cannot read signing Secret {secret_name}: {e}")))?
-        .ok_or_else(|| {
-            failure(
-                reason::SIGNING_SECRET_NOT_FOUND,
-                format!("signing Secret {secret_name} not found in {ns}; create it with `cosign generate-key-pair k8s://{ns}/{secret_name}`"),
-            )
-        })?;
+    let (secret_name, secret) = signing_secret(ctx, pipeline, &ns).await?;
     let signer = signer_from_secret(&secret)
         .map_err(|e| failure(e.category(), format!("signing Secret {secret_name}: {e}")))?;
     let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
@@ -157,6 +137,69 @@ pub fn gates_predicate(
         "verdict": "Passed",
         "stages": stages,
     })
+}
+
+/// The pipeline's signing Secret, read when signing or verifying.
+async fn signing_secret(
+    ctx: &Ctx,
+    pipeline: &SecurePipeline,
+    ns: &str,
+) -> Result<(String, Secret), SigningFailure> {
+    let Some(signing) = &pipeline.spec.signing else {
+        return Err(failure(
+            reason::SIGNING_NOT_CONFIGURED,
+            format!(
+                "SecurePipeline {} has no spec.signing.secretRef: name a cosign key Secret to sign releases",
+                pipeline.name_any()
+            ),
+        ));
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret_name = signing.secret_ref.name.clone();
+    let secret = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(|e| failure("SecretUnreadable", format!("cannot read signing Secret {secret_name}: {e}")))?
+        .ok_or_else(|| {
+            failure(
+                reason::SIGNING_SECRET_NOT_FOUND,
+                format!("signing Secret {secret_name} not found in {ns}; create it with `cosign generate-key-pair k8s://{ns}/{secret_name}`"),
+            )
+        })?;
+    Ok((secret_name, secret))
+}
+
+/// Re-verifies the release's signature from the registry, against the Secret's `cosign.pub`
+/// (or the public half of `cosign.key` when the Secret has no `cosign.pub`). A signature that
+/// does not verify blocks the release; a registry that cannot be reached only stalls it.
+pub async fn verify(
+    ctx: &Ctx,
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    image: &ImageRef,
+) -> Result<(), SigningFailure> {
+    let ns = release.namespace().unwrap_or_default();
+    let (secret_name, secret) = signing_secret(ctx, pipeline, &ns).await?;
+    let public = match secret.data.as_ref().and_then(|d| d.get("cosign.pub")) {
+        Some(p) => String::from_utf8_lossy(&p.0).into_owned(),
+        None => signer_from_secret(&secret)
+            .map_err(|e| failure(e.category(), format!("signing Secret {secret_name}: {e}")))?
+            .public_key_pem()
+            .to_string(),
+    };
+    let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
+    let registry = Registry::new(ctx.insecure_registries.clone(), auth);
+    signing::verify_image(&registry, &public, &image.repository, &image.digest)
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            SigningError::Verification(m) => SigningFailure {
+                category: reason::SIGNATURE_INVALID,
+                message: format!("signature verification before the rollout failed: {m}"),
+                block: true,
+            },
+            other => failure(other.category(), other.to_string()),
+        })
 }
 
 /// The annotations that tie a signature to its release.

@@ -1,0 +1,525 @@
+//! The rollout of a signed release: approval, one rollout per Deployment, re-verification from the
+//! registry, server-side apply of the image by digest, watching the Deployment, the post-deploy
+//! verdicts, and the rollback. Status is written before the Deployment so that a restart at any
+//! instant finds `previousImage` already recorded and never records its own image as previous.
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Service},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+
+use super::{Ctx, Error, api, release_plan::Notice, release_signing};
+use crate::{
+    api::{
+        FIELD_MANAGER, ModelRelease, ModelReleaseStatus, Phase, SecurePipeline,
+        conditions::{self, reason},
+        release::{RolloutStatus, Verdict},
+    },
+    metrics::OutcomeLabels,
+    rollout::{self, Progress, Turn},
+};
+
+/// How a step leaves the release's kstatus conditions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Working: Reconciling.
+    Progressing,
+    /// Needs the user: Stalled.
+    Stalled,
+    /// Done and healthy: Ready.
+    Released,
+    /// Ended without releasing; `Stalled` when it is a failure.
+    Ended { failed: bool },
+}
+
+/// One reconcile's view of the rollout.
+pub struct Rollout<'a> {
+    ctx: &'a Ctx,
+    release: &'a ModelRelease,
+    pipeline: &'a SecurePipeline,
+    status: &'a mut ModelReleaseStatus,
+    notices: &'a mut Vec<Notice>,
+    now: Timestamp,
+}
+
+impl<'a> Rollout<'a> {
+    /// Prepares to advance `status` (the planned status) of `release`.
+    pub fn new(
+        ctx: &'a Ctx,
+        release: &'a ModelRelease,
+        pipeline: &'a SecurePipeline,
+        status: &'a mut ModelReleaseStatus,
+        notices: &'a mut Vec<Notice>,
+    ) -> Self {
+        let now = (ctx.now)();
+        Self {
+            ctx,
+            release,
+            pipeline,
+            status,
+            notices,
+            now,
+        }
+    }
+
+    /// Takes the next rollout step the status calls for, if any.
+    pub async fn advance(mut self) -> Result<(), Error> {
+        let signed = self.status.phase == Phase::Signing && self.status.signature.is_some();
+        match self.status.phase {
+            _ if signed => self.begin().await,
+            Phase::AwaitingApproval => self.begin().await,
+            Phase::RollingOut => self.watch().await,
+            Phase::Verifying => self.verify_post_deploy().await,
+            Phase::RollingBack => self.watch_rollback().await,
+            _ => Ok(()),
+        }
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.ctx.client.clone(), &self.namespace())
+    }
+
+    fn namespace(&self) -> String {
+        self.release.namespace().unwrap_or_default()
+    }
+
+    fn target(&self) -> &str {
+        &self.release.spec.target.deployment
+    }
+
+    fn set(&mut self, phase: Phase, kind: Kind, why: &'static str, message: String) {
+        let old_phase = self.status.phase;
+        let old_reason = conditions::get(&self.status.conditions, conditions::READY)
+            .map(|c| c.reason.clone());
+        let generation = self.release.metadata.generation;
+        let now = Time(self.now);
+        let (ready, reconciling, stalled) = match kind {
+            Kind::Progressing => (false, true, false),
+            Kind::Stalled => (false, false, true),
+            Kind::Released => (true, false, false),
+            Kind::Ended { failed } => (false, false, failed),
+        };
+        for (type_, value) in [
+            (conditions::READY, ready),
+            (conditions::RECONCILING, reconciling),
+            (conditions::STALLED, stalled),
+        ] {
+            conditions::set(
+                &mut self.status.conditions,
+                type_,
+                value,
+                why,
+                &message,
+                generation,
+                &now,
+            );
+        }
+        self.status.phase = phase;
+        let warning = kind == Kind::Stalled
+            || matches!(
+                phase,
+                Phase::Blocked | Phase::Failed | Phase::RolledBack | Phase::RollingBack
+            );
+        if old_phase != phase {
+            self.notices.push(Notice {
+                warning,
+                reason: phase.as_str(),
+                note: format!(
+                    "phase {} -> {}: {message}",
+                    old_phase.as_str(),
+                    phase.as_str()
+                ),
+                task_run: None,
+            });
+        } else if old_reason.as_deref() != Some(why) && kind != Kind::Progressing {
+            self.notices.push(Notice {
+                warning,
+                reason: why,
+                note: message,
+                task_run: None,
+            });
+        }
+    }
+
+    fn rolled_out(&mut self, value: bool, why: &'static str, message: &str) {
+        let generation = self.release.metadata.generation;
+        conditions::set(
+            &mut self.status.conditions,
+            conditions::ROLLED_OUT,
+            value,
+            why,
+            message,
+            generation,
+            &Time(self.now),
+        );
+    }
+
+    fn count(&self, outcome: Phase, why: &'static str) {
+        self.ctx
+            .metrics
+            .rollouts
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+                reason: why,
+            })
+            .inc();
+    }
+
+    /// Writes the status now, before touching the Deployment.
+    async fn persist(&self) -> Result<(), Error> {
+        let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "ModelRelease", "status": self.status});
+        Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace())
+            .patch_status(
+                &self.release.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(api("patch-release-status"))?;
+        Ok(())
+    }
+
+    /// Server-side applies the container image (and release annotation) under Sluice's manager.
+    async fn apply(&self, image: &str, release: Option<&str>) -> Result<(), Error> {
+        let body = rollout::image_apply(
+            self.target(),
+            &self.release.spec.target.container,
+            image,
+            release,
+        );
+        // force: the image field belongs to whoever created the Deployment; Sluice takes only it.
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.deployments()
+            .patch(self.target(), &params, &Patch::Apply(&body))
+            .await
+            .map_err(api("apply-deployment-image"))?;
+        Ok(())
+    }
+
+    /// Approval, target checks, turn and signature verification; then record and apply.
+    async fn begin(&mut self) -> Result<(), Error> {
+        let Some(image) = self.status.image.clone() else {
+            return Ok(());
+        };
+        if let Some((why, message)) = rollout::approval_pending(self.release, &image.digest) {
+            self.set(Phase::AwaitingApproval, Kind::Progressing, why, message);
+            return Ok(());
+        }
+        let Some(dep) = self.ready_target().await? else {
+            return Ok(());
+        };
+        if !self.my_turn().await? {
+            return Ok(());
+        }
+        if let Err(f) = release_signing::verify(self.ctx, self.release, self.pipeline, &image).await
+        {
+            let phase = if f.block {
+                Phase::Blocked
+            } else {
+                self.status.phase
+            };
+            let kind = if f.block {
+                Kind::Ended { failed: true }
+            } else {
+                Kind::Stalled
+            };
+            self.set(phase, kind, f.category, f.message);
+            return Ok(());
+        }
+        let target = format!("{}@{}", image.repository, image.digest);
+        self.start(&dep, target).await
+    }
+
+    /// The target Deployment with the named container, or a Stalled condition saying why not.
+    async fn ready_target(&mut self) -> Result<Option<Deployment>, Error> {
+        let ns = self.namespace();
+        let name = self.target().to_string();
+        let phase = self.status.phase;
+        let Some(dep) = self
+            .deployments()
+            .get_opt(&name)
+            .await
+            .map_err(api("get-deployment"))?
+        else {
+            let message = format!(
+                "target Deployment {name} not found in namespace {ns}; a release only rolls out to a Deployment in its own namespace"
+            );
+            self.set(phase, Kind::Stalled, reason::TARGET_NOT_FOUND, message);
+            return Ok(None);
+        };
+        let container = &self.release.spec.target.container;
+        if rollout::container_image(&dep, container).is_none() {
+            let message = format!("Deployment {name} has no container named {container}");
+            self.set(phase, Kind::Stalled, reason::CONTAINER_NOT_FOUND, message);
+            return Ok(None);
+        }
+        Ok(Some(dep))
+    }
+
+    async fn my_turn(&mut self) -> Result<bool, Error> {
+        let all = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace())
+            .list(&ListParams::default())
+            .await
+            .map_err(api("list-releases"))?;
+        let target = self.target().to_string();
+        match rollout::turn(self.release, &all.items) {
+            Turn::Go => Ok(true),
+            Turn::Wait(other) => {
+                let phase = self.status.phase;
+                let message = format!(
+                    "waiting: ModelRelease {other} is rolling out to Deployment {target}"
+                );
+                self.set(
+                    phase,
+                    Kind::Progressing,
+                    reason::WAITING_FOR_ROLLOUT,
+                    message,
+                );
+                Ok(false)
+            }
+            Turn::Superseded(newer) => {
+                let message = format!(
+                    "superseded: the newer ModelRelease {newer} of Deployment {target} passed its gates before this one started its rollout"
+                );
+                self.set(
+                    Phase::Superseded,
+                    Kind::Ended { failed: false },
+                    reason::SUPERSEDED,
+                    message,
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    async fn start(&mut self, dep: &Deployment, target: String) -> Result<(), Error> {
+        let container = &self.release.spec.target.container;
+        let current = rollout::container_image(dep, container).unwrap_or_default();
+        let services = Api::<Service>::namespaced(self.ctx.client.clone(), &self.namespace())
+            .list(&ListParams::default())
+            .await
+            .map_err(api("list-services"))?;
+        self.status.previous_image = Some(current.clone());
+        self.status.rollout = Some(RolloutStatus {
+            deployment: self.target().to_string(),
+            image: target.clone(),
+            previous_release: rollout::template_release(dep),
+            target_url: rollout::service_url(dep, &services.items),
+            started_at: self.now.to_string(),
+            ..RolloutStatus::default()
+        });
+        let message = format!(
+            "rolling out {target} to Deployment {} (previous image {current})",
+            self.target()
+        );
+        self.rolled_out(false, reason::ROLLING_OUT, &message);
+        self.set(Phase::RollingOut, Kind::Progressing, reason::ROLLING_OUT, message);
+        self.persist().await?;
+        self.apply(&target, Some(&self.release.name_any())).await
+    }
+
+    /// Follows the Deployment until the new image is available everywhere, or the deadline passes.
+    async fn watch(&mut self) -> Result<(), Error> {
+        let Some(rollout) = self.status.rollout.clone() else {
+            return Ok(());
+        };
+        let Some(dep) = self.current_target(&rollout).await? else {
+            return Ok(());
+        };
+        let container = &self.release.spec.target.container;
+        if rollout::container_image(&dep, container).as_deref() != Some(rollout.image.as_str()) {
+            // Status was written but the apply did not land (a restart in between): apply again.
+            return self
+                .apply(&rollout.image, Some(&self.release.name_any()))
+                .await;
+        }
+        let since = rollout.started_at.parse().ok();
+        match rollout::progress(&dep, since) {
+            Progress::InProgress(m) => {
+                let message = format!("rolling out {}: {m}", rollout.image);
+                self.set(
+                    Phase::RollingOut,
+                    Kind::Progressing,
+                    reason::ROLLING_OUT,
+                    message,
+                );
+                Ok(())
+            }
+            Progress::Failed(m) => self.begin_rollback(m, reason::ROLLOUT_FAILED).await,
+            Progress::Complete => {
+                self.rolled_out_complete(&rollout);
+                Ok(())
+            }
+        }
+    }
+
+    /// The Deployment being rolled out, or Failed when it vanished.
+    async fn current_target(&mut self, rollout: &RolloutStatus) -> Result<Option<Deployment>, Error> {
+        let dep = self
+            .deployments()
+            .get_opt(&rollout.deployment)
+            .await
+            .map_err(api("get-deployment"))?;
+        if dep.is_none() {
+            let message = format!(
+                "Deployment {} was deleted during the rollout",
+                rollout.deployment
+            );
+            self.rolled_out(false, reason::ROLLOUT_FAILED, &message);
+            self.set(
+                Phase::Failed,
+                Kind::Ended { failed: true },
+                reason::ROLLOUT_FAILED,
+                message,
+            );
+            self.count(Phase::Failed, reason::ROLLOUT_FAILED);
+        }
+        Ok(dep)
+    }
+
+    fn post_deploy_stages(&self) -> Vec<String> {
+        self.pipeline
+            .spec
+            .stages
+            .iter()
+            .filter(|s| s.is_post_deploy())
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    fn rolled_out_complete(&mut self, rollout: &RolloutStatus) {
+        let mut done = rollout.clone();
+        done.completed_at = Some(self.now.to_string());
+        self.status.rollout = Some(done);
+        let message = format!(
+            "Deployment {} runs {} on every replica",
+            rollout.deployment, rollout.image
+        );
+        self.rolled_out(true, reason::ROLLED_OUT, &message);
+        let post = self.post_deploy_stages();
+        if post.is_empty() {
+            self.released();
+        } else {
+            let message = format!("{message}; running post-deploy stages: {}", post.join(", "));
+            self.set(Phase::Verifying, Kind::Progressing, reason::VERIFYING, message);
+        }
+    }
+
+    fn released(&mut self) {
+        let image = self
+            .status
+            .rollout
+            .as_ref()
+            .map(|r| r.image.clone())
+            .unwrap_or_default();
+        let gates = self.status.gates_summary.clone().unwrap_or_default();
+        let message = format!(
+            "released {image} to Deployment {}; gates passed {gates}",
+            self.target()
+        );
+        self.set(Phase::Released, Kind::Released, reason::RELEASED, message);
+        self.count(Phase::Released, reason::RELEASED);
+    }
+
+    /// Reads the post-deploy verdicts the planner recorded.
+    async fn verify_post_deploy(&mut self) -> Result<(), Error> {
+        let post = self.post_deploy_stages();
+        let entries: Vec<_> = self
+            .status
+            .stages
+            .iter()
+            .filter(|e| post.contains(&e.name))
+            .cloned()
+            .collect();
+        if let Some(blocked) = entries.iter().find(|e| e.gate == Some(Verdict::Blocked)) {
+            let why = format!(
+                "post-deploy gate blocked: {}",
+                blocked.reason.clone().unwrap_or_else(|| blocked.name.clone())
+            );
+            return self.begin_rollback(why, reason::GATE_BLOCKED).await;
+        }
+        if entries.iter().all(|e| e.gate == Some(Verdict::Passed)) {
+            self.released();
+        }
+        Ok(())
+    }
+
+    /// Restores `previousImage` the same way the release was applied.
+    async fn begin_rollback(&mut self, why: String, cause: &'static str) -> Result<(), Error> {
+        self.rolled_out(false, cause, &why);
+        let Some(previous) = self.status.previous_image.clone() else {
+            self.set(
+                Phase::Failed,
+                Kind::Ended { failed: true },
+                reason::ROLLBACK_FAILED,
+                format!("{why}; no previous image is recorded to restore"),
+            );
+            self.count(Phase::Failed, reason::ROLLBACK_FAILED);
+            return Ok(());
+        };
+        let mut rollout = self.status.rollout.clone().unwrap_or_default();
+        rollout.rollback_reason = Some(why.clone());
+        rollout.rollback_started_at = Some(self.now.to_string());
+        let previous_release = rollout.previous_release.clone();
+        self.status.rollout = Some(rollout);
+        let message = format!("{why}; restoring {previous}");
+        self.set(Phase::RollingBack, Kind::Progressing, reason::ROLLING_BACK, message);
+        self.persist().await?;
+        self.apply(&previous, previous_release.as_deref()).await
+    }
+
+    async fn watch_rollback(&mut self) -> Result<(), Error> {
+        let (Some(rollout), Some(previous)) =
+            (self.status.rollout.clone(), self.status.previous_image.clone())
+        else {
+            return Ok(());
+        };
+        let Some(dep) = self.current_target(&rollout).await? else {
+            return Ok(());
+        };
+        let container = &self.release.spec.target.container;
+        if rollout::container_image(&dep, container).as_deref() != Some(previous.as_str()) {
+            return self
+                .apply(&previous, rollout.previous_release.as_deref())
+                .await;
+        }
+        let why = rollout.rollback_reason.clone().unwrap_or_default();
+        let since = rollout
+            .rollback_started_at
+            .as_deref()
+            .and_then(|t| t.parse().ok());
+        match rollout::progress(&dep, since) {
+            Progress::InProgress(m) => {
+                let message = format!("{why}; restoring {previous}: {m}");
+                self.set(Phase::RollingBack, Kind::Progressing, reason::ROLLING_BACK, message);
+            }
+            Progress::Complete => {
+                let message = format!("rolled back: {why}; Deployment {} runs {previous} again", rollout.deployment);
+                self.set(
+                    Phase::RolledBack,
+                    Kind::Ended { failed: true },
+                    reason::ROLLED_BACK,
+                    message,
+                );
+                self.count(Phase::RolledBack, reason::ROLLED_BACK);
+            }
+            Progress::Failed(m) => {
+                let message = format!("{why}; restoring {previous} failed too: {m}");
+                self.set(
+                    Phase::Failed,
+                    Kind::Ended { failed: true },
+                    reason::ROLLBACK_FAILED,
+                    message,
+                );
+                self.count(Phase::Failed, reason::ROLLBACK_FAILED);
+            }
+        }
+        Ok(())
+    }
+}
