@@ -25,9 +25,10 @@ pub enum Progress {
     Failed(String),
 }
 
-/// The rollout state of `dep`. A `ProgressDeadlineExceeded` condition last updated before `since`
-/// belongs to an earlier rollout and is ignored.
-pub fn progress(dep: &Deployment, since: Option<Timestamp>) -> Progress {
+/// The rollout state of `dep` at `now`. The Deployment controller carries a
+/// `ProgressDeadlineExceeded` condition over into the next rollout until that one progresses, so
+/// for a rollout applied at `since` the condition counts only once the deadline has elapsed since.
+pub fn progress(dep: &Deployment, since: Option<Timestamp>, now: Timestamp) -> Progress {
     let generation = dep.metadata.generation.unwrap_or(0);
     let status = dep.status.clone().unwrap_or_default();
     if status.observed_generation.unwrap_or(0) < generation {
@@ -35,15 +36,17 @@ pub fn progress(dep: &Deployment, since: Option<Timestamp>) -> Progress {
             "waiting for the Deployment controller to observe generation {generation}"
         ));
     }
+    let deadline_seconds = dep
+        .spec
+        .as_ref()
+        .and_then(|s| s.progress_deadline_seconds)
+        .unwrap_or(600);
+    let deadline_passed = since
+        .is_none_or(|since| now.duration_since(since).as_secs() >= i64::from(deadline_seconds));
     let deadline = status.conditions.iter().flatten().find(|c| {
-        c.type_ == "Progressing"
-            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-            && match (since, c.last_update_time.as_ref()) {
-                (Some(since), Some(t)) => t.0 >= since,
-                _ => true,
-            }
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     });
-    if let Some(c) = deadline {
+    if let Some(c) = deadline.filter(|_| deadline_passed) {
         return Progress::Failed(format!(
             "Deployment {} exceeded its progress deadline: {}",
             dep.name_any(),
@@ -159,7 +162,12 @@ pub enum Turn {
 }
 
 fn newer(a: &ModelRelease, b: &ModelRelease) -> bool {
-    let key = |r: &ModelRelease| (r.metadata.creation_timestamp.clone().map(|t| t.0), r.name_any());
+    let key = |r: &ModelRelease| {
+        (
+            r.metadata.creation_timestamp.clone().map(|t| t.0),
+            r.name_any(),
+        )
+    };
     key(a) > key(b)
 }
 
@@ -250,35 +258,52 @@ mod tests {
 
     #[test]
     fn progress_reads_the_deployment_status_like_kubectl_rollout_status() {
-        assert!(matches!(progress(&deployment(3, status(2, 2, 2, 2)), None), Progress::InProgress(m) if m.contains("generation 3")));
-        assert!(matches!(progress(&deployment(3, status(3, 1, 3, 2)), None), Progress::InProgress(m) if m.contains("1 of 2")));
-        assert!(matches!(progress(&deployment(3, status(3, 2, 3, 2)), None), Progress::InProgress(m) if m.contains("old replicas")));
-        assert!(matches!(progress(&deployment(3, status(3, 2, 2, 1)), None), Progress::InProgress(m) if m.contains("available")));
+        let now = Timestamp::now();
+        assert!(
+            matches!(progress(&deployment(3, status(2, 2, 2, 2)), None, now), Progress::InProgress(m) if m.contains("generation 3"))
+        );
+        assert!(
+            matches!(progress(&deployment(3, status(3, 1, 3, 2)), None, now), Progress::InProgress(m) if m.contains("1 of 2"))
+        );
+        assert!(
+            matches!(progress(&deployment(3, status(3, 2, 3, 2)), None, now), Progress::InProgress(m) if m.contains("old replicas"))
+        );
+        assert!(
+            matches!(progress(&deployment(3, status(3, 2, 2, 1)), None, now), Progress::InProgress(m) if m.contains("available"))
+        );
         assert_eq!(
-            progress(&deployment(3, status(3, 2, 2, 2)), None),
+            progress(&deployment(3, status(3, 2, 2, 2)), None, now),
             Progress::Complete
         );
     }
 
     #[test]
-    fn only_a_deadline_exceeded_since_the_rollout_fails_it() {
-        let at: Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
+    fn a_deadline_exceeded_counts_once_the_deadline_elapsed_since_the_apply() {
+        let applied: Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
         let mut s = status(3, 1, 3, 2);
         s.conditions = Some(vec![DeploymentCondition {
             type_: "Progressing".into(),
             status: "False".into(),
             reason: Some("ProgressDeadlineExceeded".into()),
             message: Some("ReplicaSet \"p-1\" has timed out progressing.".into()),
-            last_update_time: Some(Time(at)),
+            last_update_time: Some(Time(applied)),
             ..DeploymentCondition::default()
         }]);
-        let dep = deployment(3, s);
-        assert!(matches!(progress(&dep, None), Progress::Failed(m) if m.contains("timed out")));
-        assert!(matches!(progress(&dep, Some(at)), Progress::Failed(_)));
-        let later: Timestamp = "2026-11-23T12:00:01Z".parse().expect("time");
+        let mut dep = deployment(3, s);
+        if let Some(spec) = dep.spec.as_mut() {
+            spec.progress_deadline_seconds = Some(30);
+        }
+        let at = |secs: i64| applied + jiff::SignedDuration::from_secs(secs);
+        assert!(
+            matches!(progress(&dep, None, at(1)), Progress::Failed(m) if m.contains("timed out"))
+        );
         assert!(matches!(
-            progress(&dep, Some(later)),
+            progress(&dep, Some(applied), at(29)),
             Progress::InProgress(_)
+        ));
+        assert!(matches!(
+            progress(&dep, Some(applied), at(30)),
+            Progress::Failed(_)
         ));
     }
 
@@ -330,7 +355,10 @@ mod tests {
             turn(&old, &[old.clone(), new_passed.clone()]),
             Turn::Superseded("p-2".into())
         );
-        assert_eq!(turn(&new_passed, &[old.clone(), new_passed.clone()]), Turn::Go);
+        assert_eq!(
+            turn(&new_passed, &[old.clone(), new_passed.clone()]),
+            Turn::Go
+        );
         let rolling = release("p-1", "2026-11-23T10:00:00Z", Phase::RollingOut, true);
         assert_eq!(
             turn(&new_passed, &[rolling, new_passed.clone()]),

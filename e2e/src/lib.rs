@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Service},
+};
 use kube::{
     Api, Client, Config,
     api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
@@ -179,6 +182,74 @@ impl TestNamespace {
         crane(&["digest", tag])
     }
 
+    /// Creates the release target: Deployment `predictor` (container `server` running `image`,
+    /// 2 replicas, the given progress deadline) and Service `predictor` on port 8080, and waits
+    /// until the Deployment is available.
+    pub async fn target(&self, image: &str, progress_deadline_seconds: i32) -> Result<Deployment> {
+        let dep: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "predictor", "labels": {"app": "predictor"}},
+            "spec": {
+                "replicas": 2,
+                "progressDeadlineSeconds": progress_deadline_seconds,
+                "selector": {"matchLabels": {"app": "predictor"}},
+                "template": {
+                    "metadata": {"labels": {"app": "predictor"}},
+                    "spec": {
+                        "nodeSelector": {"type": "kwok"},
+                        "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+                        "containers": [
+                            {"name": "server", "image": image, "ports": [{"containerPort": 8080}]},
+                            {"name": "metrics-sidecar", "image": "127.0.0.1:35000/evip/sidecar:1.0"}
+                        ]
+                    }
+                }
+            }
+        }))?;
+        let svc: Service = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "predictor"},
+            "spec": {"selector": {"app": "predictor"}, "ports": [{"port": 8080, "targetPort": 8080}]}
+        }))?;
+        // Created like a user would, so the image field has another owner than Sluice.
+        let pp = PostParams {
+            field_manager: Some("kubectl-create".into()),
+            ..PostParams::default()
+        };
+        self.api::<Service>().create(&pp, &svc).await?;
+        self.api::<Deployment>().create(&pp, &dep).await?;
+        self.wait_available(Duration::from_secs(60)).await
+    }
+
+    /// Waits until the target Deployment's rollout is complete.
+    pub async fn wait_available(&self, timeout: Duration) -> Result<Deployment> {
+        let api = self.api::<Deployment>();
+        eventually(
+            "Deployment predictor available",
+            timeout,
+            POLL,
+            async || {
+                let d = api.get("predictor").await?;
+                let done = matches!(
+                    sluice::rollout::progress(&d, None, jiff::Timestamp::now()),
+                    sluice::rollout::Progress::Complete
+                );
+                Ok(if done {
+                    ControlFlow::Break(d)
+                } else {
+                    ControlFlow::Continue(format!("{:?}", d.status))
+                })
+            },
+        )
+        .await
+    }
+
+    /// The image of the target's `server` container.
+    pub async fn target_image(&self) -> Result<String> {
+        let d = self.api::<Deployment>().get("predictor").await?;
+        sluice::rollout::container_image(&d, "server").context("no server container")
+    }
+
     /// Runs kubectl in this namespace from the repository root.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(tool("kubectl")?)
@@ -204,6 +275,16 @@ impl TestNamespace {
 
     /// Creates a ModelRelease of `revision` with the given sim annotations (stage -> termination message / exit code).
     pub async fn release(&self, name: &str, sims: &[(&str, Sim)]) -> Result<ModelRelease> {
+        self.release_with(name, sims, json!({})).await
+    }
+
+    /// Like `release`, with `spec` merged over the default spec.
+    pub async fn release_with(
+        &self,
+        name: &str,
+        sims: &[(&str, Sim)],
+        spec: Value,
+    ) -> Result<ModelRelease> {
         let mut annotations = BTreeMap::new();
         for (stage, sim) in sims {
             annotations.insert(
@@ -217,12 +298,16 @@ impl TestNamespace {
                 );
             }
         }
-        let release: ModelRelease = serde_json::from_value(json!({
+        let mut release = json!({
             "apiVersion": "sluice.dev/v1alpha1", "kind": "ModelRelease",
             "metadata": {"name": name, "annotations": annotations, "labels": {"e2e": "true"}},
             "spec": {"pipelineRef": {"name": "predictor"}, "revision": "3f2a9c1",
                      "target": {"deployment": "predictor", "container": "server"}}
-        }))?;
+        });
+        if let (Some(base), Some(extra)) = (release["spec"].as_object_mut(), spec.as_object()) {
+            base.extend(extra.clone());
+        }
+        let release: ModelRelease = serde_json::from_value(release)?;
         Ok(self
             .api::<ModelRelease>()
             .create(&PostParams::default(), &release)
@@ -355,8 +440,13 @@ impl Sim {
 
     /// A build that pushed the given digest to the pipeline's repository.
     pub fn built(digest: &str) -> Self {
+        Self::built_in(REPOSITORY, digest)
+    }
+
+    /// A build that pushed the given digest to `repository`.
+    pub fn built_in(repository: &str, digest: &str) -> Self {
         Self::results(&[
-            ("IMAGE_URL", &format!("{REPOSITORY}:3f2a9c1")),
+            ("IMAGE_URL", &format!("{repository}:3f2a9c1")),
             ("IMAGE_DIGEST", digest),
         ])
     }
@@ -369,6 +459,7 @@ pub fn clean_sims() -> Vec<(&'static str, Sim)> {
         ("dependency-audit", Sim::findings(0, 0, 1, 3)),
         ("sast", Sim::findings(0, 0, 2, 5)),
         ("build", Sim::built(FAKE_DIGEST)),
+        ("dast", Sim::findings(0, 0, 0, 1)),
     ]
 }
 

@@ -171,7 +171,8 @@ impl<'a> Builder<'a> {
             .map(|s| self.observe(s, by_stage.get(s.name.as_str()), ctx))
             .collect();
         let may_start = !self.status.phase.is_final();
-        let mut passed = self.start_ready(pipeline, &pre, &mut entries, &BTreeSet::new(), may_start);
+        let mut passed =
+            self.start_ready(pipeline, &pre, &mut entries, &BTreeSet::new(), may_start);
         let mut post_entries: Vec<StageStatus> = post
             .iter()
             .map(|s| match by_stage.get(s.name.as_str()) {

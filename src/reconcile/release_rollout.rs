@@ -95,8 +95,8 @@ impl<'a> Rollout<'a> {
 
     fn set(&mut self, phase: Phase, kind: Kind, why: &'static str, message: String) {
         let old_phase = self.status.phase;
-        let old_reason = conditions::get(&self.status.conditions, conditions::READY)
-            .map(|c| c.reason.clone());
+        let old_reason =
+            conditions::get(&self.status.conditions, conditions::READY).map(|c| c.reason.clone());
         let generation = self.release.metadata.generation;
         let now = Time(self.now);
         let (ready, reconciling, stalled) = match kind {
@@ -272,9 +272,8 @@ impl<'a> Rollout<'a> {
             Turn::Go => Ok(true),
             Turn::Wait(other) => {
                 let phase = self.status.phase;
-                let message = format!(
-                    "waiting: ModelRelease {other} is rolling out to Deployment {target}"
-                );
+                let message =
+                    format!("waiting: ModelRelease {other} is rolling out to Deployment {target}");
                 self.set(
                     phase,
                     Kind::Progressing,
@@ -319,7 +318,12 @@ impl<'a> Rollout<'a> {
             self.target()
         );
         self.rolled_out(false, reason::ROLLING_OUT, &message);
-        self.set(Phase::RollingOut, Kind::Progressing, reason::ROLLING_OUT, message);
+        self.set(
+            Phase::RollingOut,
+            Kind::Progressing,
+            reason::ROLLING_OUT,
+            message,
+        );
         self.persist().await?;
         self.apply(&target, Some(&self.release.name_any())).await
     }
@@ -340,7 +344,7 @@ impl<'a> Rollout<'a> {
                 .await;
         }
         let since = rollout.started_at.parse().ok();
-        match rollout::progress(&dep, since) {
+        match rollout::progress(&dep, since, self.now) {
             Progress::InProgress(m) => {
                 let message = format!("rolling out {}: {m}", rollout.image);
                 self.set(
@@ -360,7 +364,10 @@ impl<'a> Rollout<'a> {
     }
 
     /// The Deployment being rolled out, or Failed when it vanished.
-    async fn current_target(&mut self, rollout: &RolloutStatus) -> Result<Option<Deployment>, Error> {
+    async fn current_target(
+        &mut self,
+        rollout: &RolloutStatus,
+    ) -> Result<Option<Deployment>, Error> {
         let dep = self
             .deployments()
             .get_opt(&rollout.deployment)
@@ -407,7 +414,12 @@ impl<'a> Rollout<'a> {
             self.released();
         } else {
             let message = format!("{message}; running post-deploy stages: {}", post.join(", "));
-            self.set(Phase::Verifying, Kind::Progressing, reason::VERIFYING, message);
+            self.set(
+                Phase::Verifying,
+                Kind::Progressing,
+                reason::VERIFYING,
+                message,
+            );
         }
     }
 
@@ -440,7 +452,10 @@ impl<'a> Rollout<'a> {
         if let Some(blocked) = entries.iter().find(|e| e.gate == Some(Verdict::Blocked)) {
             let why = format!(
                 "post-deploy gate blocked: {}",
-                blocked.reason.clone().unwrap_or_else(|| blocked.name.clone())
+                blocked
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| blocked.name.clone())
             );
             return self.begin_rollback(why, reason::GATE_BLOCKED).await;
         }
@@ -469,15 +484,21 @@ impl<'a> Rollout<'a> {
         let previous_release = rollout.previous_release.clone();
         self.status.rollout = Some(rollout);
         let message = format!("{why}; restoring {previous}");
-        self.set(Phase::RollingBack, Kind::Progressing, reason::ROLLING_BACK, message);
+        self.set(
+            Phase::RollingBack,
+            Kind::Progressing,
+            reason::ROLLING_BACK,
+            message,
+        );
         self.persist().await?;
         self.apply(&previous, previous_release.as_deref()).await
     }
 
     async fn watch_rollback(&mut self) -> Result<(), Error> {
-        let (Some(rollout), Some(previous)) =
-            (self.status.rollout.clone(), self.status.previous_image.clone())
-        else {
+        let (Some(rollout), Some(previous)) = (
+            self.status.rollout.clone(),
+            self.status.previous_image.clone(),
+        ) else {
             return Ok(());
         };
         let Some(dep) = self.current_target(&rollout).await? else {
@@ -494,13 +515,21 @@ impl<'a> Rollout<'a> {
             .rollback_started_at
             .as_deref()
             .and_then(|t| t.parse().ok());
-        match rollout::progress(&dep, since) {
+        match rollout::progress(&dep, since, self.now) {
             Progress::InProgress(m) => {
                 let message = format!("{why}; restoring {previous}: {m}");
-                self.set(Phase::RollingBack, Kind::Progressing, reason::ROLLING_BACK, message);
+                self.set(
+                    Phase::RollingBack,
+                    Kind::Progressing,
+                    reason::ROLLING_BACK,
+                    message,
+                );
             }
             Progress::Complete => {
-                let message = format!("rolled back: {why}; Deployment {} runs {previous} again", rollout.deployment);
+                let message = format!(
+                    "rolled back: {why}; Deployment {} runs {previous} again",
+                    rollout.deployment
+                );
                 self.set(
                     Phase::RolledBack,
                     Kind::Ended { failed: true },

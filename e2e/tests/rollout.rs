@@ -1,0 +1,452 @@
+//! Gated rollout on the real control plane: kube-controller-manager rolls the Deployment out and
+//! kube-scheduler places its pods on the kwok node, which makes them Ready (or, for images under a
+//! /never-ready/ repository, never Ready).
+
+use std::{process::Command, time::Duration};
+
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    core::v1::Pod,
+};
+use kube::api::ListParams;
+use serde_json::json;
+use sluice::api::{ModelRelease, Phase, conditions};
+use sluice_e2e::{REPOSITORY, Sim, TestNamespace, clean_sims, state_dir};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+const STABLE: &str = "127.0.0.1:35000/evip/predictor:stable";
+
+fn ready_reason(r: &ModelRelease) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| conditions::get(&s.conditions, conditions::READY))
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .unwrap_or_default()
+}
+
+/// A namespace with a signing key and the target Deployment running STABLE.
+async fn setup(prefix: &str, deadline: i32) -> anyhow::Result<(TestNamespace, Deployment)> {
+    let ns = TestNamespace::new(prefix).await?;
+    ns.with_signing_key("rollout-pw")?;
+    let dep = ns.target(STABLE, deadline).await?;
+    Ok((ns, dep))
+}
+
+#[tokio::test]
+async fn a_clean_release_rolls_out_the_signed_digest_and_is_released() -> anyhow::Result<()> {
+    let (ns, _) = setup("rollout", 30).await?;
+    let digest = ns.push_image("clean")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    ns.release("predictor-80", &sims).await?;
+    let r = ns
+        .wait_phase(
+            "predictor-80",
+            &[
+                Phase::Released,
+                Phase::RolledBack,
+                Phase::Failed,
+                Phase::Blocked,
+            ],
+            TIMEOUT,
+        )
+        .await?;
+    assert_eq!(
+        r.status.as_ref().map(|s| s.phase),
+        Some(Phase::Released),
+        "{}",
+        ready_reason(&r)
+    );
+    let status = r.status.clone().unwrap_or_default();
+    let want = format!("{REPOSITORY}@{digest}");
+    assert_eq!(ns.target_image().await?, want);
+    assert_eq!(status.previous_image.as_deref(), Some(STABLE));
+    assert_eq!(status.gates_summary.as_deref(), Some("5/5"));
+    assert!(conditions::is_true(&status.conditions, conditions::READY));
+    assert!(conditions::is_true(
+        &status.conditions,
+        conditions::ROLLED_OUT
+    ));
+
+    // The ReplicaSet of the new template runs every replica, and the pods say which release they run.
+    let rs = ns.api::<ReplicaSet>().list(&ListParams::default()).await?;
+    let new_rs = rs
+        .items
+        .iter()
+        .find(|rs| {
+            rs.spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .and_then(|t| t.spec.as_ref())
+                .is_some_and(|p| {
+                    p.containers
+                        .iter()
+                        .any(|c| c.image.as_deref() == Some(want.as_str()))
+                })
+        })
+        .expect("a ReplicaSet for the signed digest");
+    assert_eq!(
+        new_rs.status.as_ref().and_then(|s| s.ready_replicas),
+        Some(2)
+    );
+    let pods = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app=predictor"))
+        .await?;
+    let running: Vec<&Pod> = pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(
+        running.len(),
+        2,
+        "{:?}",
+        running.iter().map(|p| &p.metadata.name).collect::<Vec<_>>()
+    );
+    for pod in running {
+        assert_eq!(
+            pod.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("sluice.dev/release"))
+                .map(String::as_str),
+            Some("predictor-80")
+        );
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        assert!(ready, "pod {:?} not Ready", pod.metadata.name);
+    }
+    assert_only_image_and_annotation_owned(&ns).await?;
+
+    // The DAST stage ran against the Service in front of the Deployment.
+    let dast = ns
+        .task_runs("predictor-80")
+        .await?
+        .into_iter()
+        .find(|t| t.metadata.name.as_deref() == Some("predictor-80-dast"))
+        .expect("the dast TaskRun");
+    let url = dast
+        .spec
+        .params
+        .iter()
+        .find(|p| p.name == "TARGET_URL")
+        .map(|p| p.value.clone());
+    assert_eq!(
+        url,
+        Some(format!(
+            "http://predictor.{}.svc.cluster.local:8080",
+            ns.name
+        ))
+    );
+    Ok(())
+}
+
+/// Sluice's managed fields on the Deployment cover the server image and the release annotation only.
+async fn assert_only_image_and_annotation_owned(ns: &TestNamespace) -> anyhow::Result<()> {
+    let dep = ns.api::<Deployment>().get("predictor").await?;
+    let sluice = dep
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.manager.as_deref() == Some("sluice"))
+        .expect("a managedFields entry of sluice");
+    assert_eq!(sluice.operation.as_deref(), Some("Apply"));
+    let fields = serde_json::to_value(sluice.fields_v1.expect("fieldsV1"))?;
+    let want = json!({"f:spec": {"f:template": {
+        "f:metadata": {"f:annotations": {"f:sluice.dev/release": {}}},
+        "f:spec": {"f:containers": {r#"k:{"name":"server"}"#: {".": {}, "f:image": {}, "f:name": {}}}}}}});
+    assert_eq!(fields, want);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_insecure_release_is_blocked_and_the_deployment_untouched() -> anyhow::Result<()> {
+    let (ns, before) = setup("insecure", 30).await?;
+    let digest = ns.push_image("insecure")?;
+    let mut sims = clean_sims();
+    sims[1] = ("dependency-audit", Sim::findings(1, 0, 0, 0));
+    sims[3] = ("build", Sim::built(&digest));
+    ns.release("predictor-81", &sims).await?;
+    ns.wait_phase("predictor-81", &[Phase::Blocked], TIMEOUT)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = ns.api::<Deployment>().get("predictor").await?;
+    assert_eq!(after.metadata.generation, before.metadata.generation);
+    assert_eq!(ns.target_image().await?, STABLE);
+    let sig = format!("{REPOSITORY}:{}.sig", digest.replace(':', "-"));
+    let out = Command::new(sluice_e2e::tool("crane")?)
+        .args(["manifest", &sig])
+        .output()?;
+    assert!(
+        !out.status.success(),
+        "a blocked release must push no signature"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replaced_signature_stops_the_rollout() -> anyhow::Result<()> {
+    let (ns, before) = setup("resign", 30).await?;
+    let digest = ns.push_image("victim")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    manual_release(&ns, "predictor-82", &sims).await?;
+    ns.wait_phase("predictor-82", &[Phase::AwaitingApproval], TIMEOUT)
+        .await?;
+    // Between signing and rollout, the .sig is replaced by one made with another key for another image.
+    let keys = std::env::temp_dir().join(format!("{}-attacker", ns.name));
+    std::fs::create_dir_all(&keys)?;
+    let cosign = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new(sluice_e2e::tool("cosign")?)
+            .current_dir(&keys)
+            .env("COSIGN_PASSWORD", "x")
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cosign {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    cosign(&["generate-key-pair"])?;
+    let other = ns.push_image("attacker")?;
+    cosign(&[
+        "sign",
+        "--key",
+        "cosign.key",
+        "--tlog-upload=false",
+        "--allow-http-registry",
+        "--yes",
+        &format!("{REPOSITORY}@{other}"),
+    ])?;
+    let tag = |d: &str| format!("{REPOSITORY}:{}.sig", d.replace(':', "-"));
+    let out = Command::new(sluice_e2e::tool("crane")?)
+        .args(["copy", &tag(&other), &tag(&digest)])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    approve(&ns, "predictor-82", None)?;
+    let r = ns
+        .wait_phase(
+            "predictor-82",
+            &[Phase::Blocked, Phase::RollingOut, Phase::Released],
+            TIMEOUT,
+        )
+        .await?;
+    let status = r.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Phase::Blocked, "{}", ready_reason(&r));
+    let ready = conditions::get(&status.conditions, conditions::READY).expect("Ready");
+    assert_eq!(ready.reason, "SignatureInvalid");
+    assert!(
+        ready.message.contains("does not verify with this key"),
+        "{}",
+        ready.message
+    );
+    let after = ns.api::<Deployment>().get("predictor").await?;
+    assert_eq!(after.metadata.generation, before.metadata.generation);
+    assert_eq!(ns.target_image().await?, STABLE);
+    Ok(())
+}
+
+async fn manual_release(
+    ns: &TestNamespace,
+    name: &str,
+    sims: &[(&str, Sim)],
+) -> anyhow::Result<()> {
+    ns.release_with(name, sims, json!({"approval": "manual"}))
+        .await?;
+    Ok(())
+}
+
+fn approve(
+    ns: &TestNamespace,
+    name: &str,
+    digest: Option<&str>,
+) -> anyhow::Result<std::process::Output> {
+    let mut cmd = Command::new(sluice_e2e::repo_dir().join("target/debug/sluice"));
+    cmd.env("KUBECONFIG", state_dir().join("kubeconfig"))
+        .args(["approve", name, "-n", &ns.name]);
+    if let Some(d) = digest {
+        cmd.args(["--digest", d]);
+    }
+    Ok(cmd.output()?)
+}
+
+#[tokio::test]
+async fn manual_approval_releases_only_the_approved_digest() -> anyhow::Result<()> {
+    let (ns, before) = setup("approve", 30).await?;
+    let digest = ns.push_image("approved")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    manual_release(&ns, "predictor-83", &sims).await?;
+    let r = ns
+        .wait_phase("predictor-83", &[Phase::AwaitingApproval], TIMEOUT)
+        .await?;
+    assert!(
+        ready_reason(&r).starts_with("AwaitingApproval"),
+        "{}",
+        ready_reason(&r)
+    );
+
+    // An approval for another digest releases nothing.
+    let other = format!("sha256:{}", "b".repeat(64));
+    let refused = approve(&ns, "predictor-83", Some(&other))?;
+    assert!(!refused.status.success());
+    ns.kubectl(&[
+        "annotate",
+        "modelrelease",
+        "predictor-83",
+        &format!("sluice.dev/approved-digest={other}"),
+    ])?;
+    let api = ns.api::<ModelRelease>();
+    sluice_e2e::eventually(
+        "the mismatch is reported",
+        TIMEOUT,
+        sluice_e2e::POLL,
+        async || {
+            let r = api.get("predictor-83").await?;
+            let reason = ready_reason(&r);
+            Ok(if reason.starts_with("ApprovalDigestMismatch") {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(reason)
+            })
+        },
+    )
+    .await?;
+    let r = api.get("predictor-83").await?;
+    assert_eq!(r.status.map(|s| s.phase), Some(Phase::AwaitingApproval));
+    let after = ns.api::<Deployment>().get("predictor").await?;
+    assert_eq!(after.metadata.generation, before.metadata.generation);
+
+    let ok = approve(&ns, "predictor-83", Some(&digest))?;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    ns.wait_phase("predictor-83", &[Phase::Released], TIMEOUT)
+        .await?;
+    assert_eq!(ns.target_image().await?, format!("{REPOSITORY}@{digest}"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_that_never_become_ready_roll_back_to_the_previous_image() -> anyhow::Result<()> {
+    let (ns, _) = setup("unready", 6).await?;
+    let repo = "127.0.0.1:35000/never-ready/predictor";
+    let digest = ns.push_image_to(&format!("{repo}:{}", ns.name), "unready", None)?;
+    ns.kubectl(&[
+        "patch",
+        "securepipeline",
+        "predictor",
+        "--type",
+        "merge",
+        "-p",
+        &json!({"spec": {"image": {"repository": repo}}}).to_string(),
+    ])?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built_in(repo, &digest));
+    ns.release("predictor-84", &sims).await?;
+    let r = ns
+        .wait_phase(
+            "predictor-84",
+            &[
+                Phase::RolledBack,
+                Phase::Failed,
+                Phase::Released,
+                Phase::Blocked,
+            ],
+            TIMEOUT,
+        )
+        .await?;
+    let status = r.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Phase::RolledBack, "{}", ready_reason(&r));
+    let reason = ready_reason(&r);
+    assert!(reason.contains("progress deadline"), "{reason}");
+    assert_eq!(ns.target_image().await?, STABLE);
+    let rolled = conditions::get(&status.conditions, conditions::ROLLED_OUT).expect("RolledOut");
+    assert_eq!(
+        (rolled.status.as_str(), rolled.reason.as_str()),
+        ("False", "RolloutFailed")
+    );
+    ns.wait_available(TIMEOUT).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_blocking_dast_gate_after_rollout_rolls_back() -> anyhow::Result<()> {
+    let (ns, _) = setup("dast", 30).await?;
+    let digest = ns.push_image("dast")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    sims[4] = ("dast", Sim::findings(0, 2, 0, 0));
+    ns.release("predictor-85", &sims).await?;
+    let r = ns
+        .wait_phase(
+            "predictor-85",
+            &[
+                Phase::RolledBack,
+                Phase::Failed,
+                Phase::Released,
+                Phase::Blocked,
+            ],
+            TIMEOUT,
+        )
+        .await?;
+    let status = r.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Phase::RolledBack, "{}", ready_reason(&r));
+    assert!(
+        ready_reason(&r).contains("post-deploy gate blocked"),
+        "{}",
+        ready_reason(&r)
+    );
+    let dast = status
+        .stages
+        .iter()
+        .find(|s| s.name == "dast")
+        .expect("dast stage");
+    assert_eq!(dast.gate, Some(sluice::api::release::Verdict::Blocked));
+    assert_eq!(ns.target_image().await?, STABLE);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_target_stalls_and_nothing_is_written() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("notarget").await?;
+    ns.with_signing_key("pw")?;
+    let digest = ns.push_image("notarget")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    ns.release("predictor-86", &sims).await?;
+    let api = ns.api::<ModelRelease>();
+    let r = sluice_e2e::eventually("TargetNotFound", TIMEOUT, sluice_e2e::POLL, async || {
+        let r = api.get("predictor-86").await?;
+        let stalled = r
+            .status
+            .as_ref()
+            .and_then(|s| conditions::get(&s.conditions, conditions::STALLED))
+            .cloned();
+        Ok(match stalled {
+            Some(c) if c.status == "True" && c.reason == "TargetNotFound" => {
+                std::ops::ControlFlow::Break(r)
+            }
+            other => std::ops::ControlFlow::Continue(format!("{other:?}")),
+        })
+    })
+    .await?;
+    let status = r.status.unwrap_or_default();
+    assert!(status.rollout.is_none());
+    assert!(status.previous_image.is_none());
+    assert!(ns.api::<Deployment>().get_opt("predictor").await?.is_none());
+    Ok(())
+}
