@@ -119,6 +119,7 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     let release_store = release_controller.store();
     metrics.watch_releases(release_store.clone());
     let deployment_store = release_store.clone();
+    let sibling_store = release_store.clone();
     let release_loop = release_controller
         .owns(
             task_runs,
@@ -153,6 +154,24 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
                     .collect::<Vec<_>>()
             },
         )
+        // A release that changes phase may unblock or supersede the others of its Deployment.
+        .watches(
+            releases.clone(),
+            wc.clone(),
+            move |changed: ModelRelease| {
+                let ns = changed.namespace();
+                let name = changed.name_any();
+                let target = changed.spec.target.deployment.clone();
+                sibling_store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.namespace() == ns && r.name_any() != name)
+                    .filter(|r| r.spec.target.deployment == target)
+                    .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_final()))
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown_signal())
         .run(
             reconcile::release::reconcile,
@@ -162,6 +181,16 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
         .for_each(|_| async {});
 
     let pipeline_loop = Controller::new(pipelines, wc.clone())
+        .watches(
+            Api::<TaskRun>::all(client.clone()),
+            watcher::Config::default().labels(reconcile::rescan::LABEL_RESCAN_OF),
+            |tr: TaskRun| {
+                let pipeline = tr.labels().get(crate::api::LABEL_PIPELINE).cloned();
+                tr.namespace()
+                    .zip(pipeline)
+                    .map(|(ns, p)| ObjectRef::<SecurePipeline>::new(&p).within(&ns))
+            },
+        )
         .watches(releases, wc, |r: ModelRelease| {
             r.namespace()
                 .map(|ns| ObjectRef::<SecurePipeline>::new(&r.spec.pipeline_ref.name).within(&ns))

@@ -450,3 +450,154 @@ async fn a_missing_target_stalls_and_nothing_is_written() -> anyhow::Result<()> 
     assert!(ns.api::<Deployment>().get_opt("predictor").await?.is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_rescan_that_finds_a_new_critical_cve_marks_the_running_release_vulnerable()
+-> anyhow::Result<()> {
+    let (ns, _) = setup("rescan", 30).await?;
+    let digest = ns.push_image("rescan")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    ns.release("predictor-87", &sims).await?;
+    ns.wait_phase("predictor-87", &[Phase::Released], TIMEOUT)
+        .await?;
+    // A CVE is published after the release: the audit now reports a critical finding.
+    let critical = Sim::findings(1, 0, 0, 0).message;
+    ns.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "modelrelease",
+        "predictor-87",
+        &format!("sim.sluice.dev/dependency-audit.message={critical}"),
+    ])?;
+    ns.kubectl(&[
+        "patch",
+        "securepipeline",
+        "predictor",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"rescan":{"schedule":"*/2 * * * * *","stages":["dependency-audit"]}}}"#,
+    ])?;
+    let api = ns.api::<ModelRelease>();
+    let r = sluice_e2e::eventually(
+        "release Vulnerable",
+        TIMEOUT,
+        sluice_e2e::POLL,
+        async || {
+            let r = api.get("predictor-87").await?;
+            let v = r
+                .status
+                .as_ref()
+                .and_then(|s| conditions::get(&s.conditions, conditions::VULNERABLE))
+                .cloned();
+            Ok(match v {
+                Some(c) if c.status == "True" => std::ops::ControlFlow::Break(r),
+                other => std::ops::ControlFlow::Continue(format!("{other:?}")),
+            })
+        },
+    )
+    .await?;
+    let status = r.status.unwrap_or_default();
+    let vulnerable =
+        conditions::get(&status.conditions, conditions::VULNERABLE).expect("Vulnerable");
+    assert!(
+        vulnerable.message.contains("1 critical"),
+        "{}",
+        vulnerable.message
+    );
+    let rescan = status.rescan.expect("rescan status");
+    assert_eq!(rescan.stages.len(), 1);
+    assert_eq!(
+        rescan.stages[0].gate,
+        Some(sluice::api::release::Verdict::Blocked)
+    );
+    assert_eq!(status.phase, Phase::Released);
+    assert_eq!(ns.target_image().await?, format!("{REPOSITORY}@{digest}"));
+    let pipeline = ns.pipeline().await?;
+    let pv = pipeline
+        .status
+        .as_ref()
+        .and_then(|s| conditions::get(&s.conditions, conditions::VULNERABLE))
+        .cloned()
+        .expect("pipeline Vulnerable");
+    assert_eq!(pv.status, "True");
+    assert!(pv.message.contains("predictor-87"), "{}", pv.message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_older_release_waiting_for_approval_is_superseded_and_its_taskruns_pruned()
+-> anyhow::Result<()> {
+    let (ns, _) = setup("supersede", 30).await?;
+    ns.kubectl(&[
+        "patch",
+        "securepipeline",
+        "predictor",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"history":{"keep":1}}}"#,
+    ])?;
+    let old_digest = ns.push_image("older")?;
+    let new_digest = ns.push_image("newer")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&old_digest));
+    manual_release(&ns, "predictor-88", &sims).await?;
+    ns.wait_phase("predictor-88", &[Phase::AwaitingApproval], TIMEOUT)
+        .await?;
+    sims[3] = ("build", Sim::built(&new_digest));
+    ns.release("predictor-89", &sims).await?;
+    ns.wait_phase("predictor-89", &[Phase::Released], TIMEOUT)
+        .await?;
+    let older = ns
+        .wait_phase("predictor-88", &[Phase::Superseded], TIMEOUT)
+        .await?;
+    assert!(
+        ready_reason(&older).contains("predictor-89"),
+        "{}",
+        ready_reason(&older)
+    );
+    // Approving the superseded digest now changes nothing: the newer release stays.
+    let out = approve(&ns, "predictor-88", Some(&old_digest))?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let older = ns.api::<ModelRelease>().get("predictor-88").await?;
+    assert_eq!(older.status.map(|s| s.phase), Some(Phase::Superseded));
+    assert_eq!(
+        ns.target_image().await?,
+        format!("{REPOSITORY}@{new_digest}")
+    );
+
+    // history.keep = 1: the older finished release loses its TaskRuns, its verdicts stay.
+    let api = ns.api::<ModelRelease>();
+    sluice_e2e::eventually(
+        "older TaskRuns pruned",
+        TIMEOUT,
+        sluice_e2e::POLL,
+        async || {
+            let left = ns.task_runs("predictor-88").await?.len();
+            Ok(if left == 0 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(format!("{left} TaskRuns left"))
+            })
+        },
+    )
+    .await?;
+    assert_eq!(ns.task_runs("predictor-89").await?.len(), 5);
+    let older = api.get("predictor-88").await?;
+    let stages = older.status.map(|s| s.stages).unwrap_or_default();
+    assert_eq!(
+        stages
+            .iter()
+            .filter(|s| s.gate == Some(sluice::api::release::Verdict::Passed))
+            .count(),
+        4
+    );
+    Ok(())
+}

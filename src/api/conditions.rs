@@ -73,6 +73,8 @@ pub mod reason {
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
     /// A rescan found what the gates now block.
     pub const VULNERABLE: &str = "Vulnerable";
+    /// `spec.rescan` cannot be used.
+    pub const RESCAN_INVALID: &str = "RescanInvalid";
     /// The latest rescan passed every gate.
     pub const RESCAN_PASSED: &str = "RescanPassed";
     /// The pipeline names no signing key.

@@ -1,11 +1,13 @@
 //! The two controllers: one pipeline of steps per custom resource (dereference, plan, apply,
 //! update status), sharing one `Context`.
 
+pub mod history;
 pub mod pipeline;
 pub mod release;
 pub mod release_plan;
 pub mod release_rollout;
 pub mod release_signing;
+pub mod rescan;
 
 use std::{sync::Arc, time::Duration};
 

@@ -11,7 +11,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Ctx, Error, api, release_plan};
+use super::{Ctx, Error, api, history, release_plan, rescan};
 use crate::{
     api::{
         ModelRelease, SecurePipeline, SecurePipelineStatus,
@@ -43,7 +43,15 @@ async fn reconcile_inner(pipeline: &SecurePipeline, ctx: &Ctx) -> Result<Action,
     let ns = pipeline.namespace().ok_or(Error::NoNamespace)?;
     let refs = dereference(pipeline, ctx, &ns).await?;
     let old = pipeline.status.clone().unwrap_or_default();
-    let status = build_status(pipeline, &refs, Time((ctx.now)()));
+    let mut status = build_status(pipeline, &refs, Time((ctx.now)()));
+    let releases = Api::<ModelRelease>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(api("list-releases"))?
+        .items;
+    rescan::run(ctx, pipeline, &releases, &mut status).await?;
+    history::prune(ctx, pipeline, &releases).await?;
+    conditions::keep_transition_times(&mut status.conditions, &old.conditions);
     let ready = conditions::is_true(&status.conditions, conditions::READY);
     if status != old {
         let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "SecurePipeline", "status": status});
@@ -66,11 +74,10 @@ async fn reconcile_inner(pipeline: &SecurePipeline, ctx: &Ctx) -> Result<Action,
         }
     }
     // Tasks and Secrets are not watched: look again soon while something is missing.
-    Ok(Action::requeue(Duration::from_secs(if ready {
-        300
-    } else {
-        30
-    })))
+    let idle = Duration::from_secs(if ready { 300 } else { 30 });
+    Ok(Action::requeue(
+        rescan::until_next(pipeline, (ctx.now)()).map_or(idle, |d| d.min(idle)),
+    ))
 }
 
 async fn dereference(pipeline: &SecurePipeline, ctx: &Ctx, ns: &str) -> Result<References, Error> {
@@ -139,6 +146,14 @@ pub fn build_status(
                 (
                     reason::TASK_NOT_FOUND,
                     format!("SecurePipeline {name}: Task {} not found in namespace {}; apply the Task or fix the stage's taskRef", refs.missing_tasks.join(", "), pipeline.namespace().unwrap_or_default()),
+                )
+            })
+        })
+        .or_else(|| {
+            rescan::schedule_problem(pipeline).map(|m| {
+                (
+                    reason::RESCAN_INVALID,
+                    format!("SecurePipeline {name}: {m}"),
                 )
             })
         })

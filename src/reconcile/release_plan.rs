@@ -274,33 +274,19 @@ impl<'a> Builder<'a> {
         let Some(tr) = tr else {
             return waiting(stage, "waiting for the stages it runs after");
         };
-        let mut entry = StageStatus {
-            name: stage.name.clone(),
-            task_run: tr.metadata.name.clone(),
-            state: StageState::Running,
-            gate: None,
-            findings: None,
-            tests: None,
-            exceptions_applied: Vec::new(),
-            reason: None,
-            completed_at: None,
+        let Some((entry, verdict)) = judge_task_run(stage, tr, ctx) else {
+            return StageStatus {
+                name: stage.name.clone(),
+                task_run: tr.metadata.name.clone(),
+                state: StageState::Running,
+                gate: None,
+                findings: None,
+                tests: None,
+                exceptions_applied: Vec::new(),
+                reason: None,
+                completed_at: None,
+            };
         };
-        let Some(outcome) = tekton::outcome(tr) else {
-            return entry;
-        };
-        let verdict = gates::judge(stage, &outcome, &tekton::results(tr), ctx);
-        entry.state = match outcome {
-            gates::RunOutcome::Succeeded => StageState::Succeeded,
-            gates::RunOutcome::Failed { .. } => StageState::Failed,
-            gates::RunOutcome::TimedOut => StageState::TimedOut,
-            gates::RunOutcome::Cancelled => StageState::Cancelled,
-        };
-        entry.gate = Some(verdict.verdict);
-        entry.findings = verdict.findings;
-        entry.tests = verdict.tests;
-        entry.exceptions_applied = verdict.exceptions_applied;
-        entry.reason = Some(verdict.reason.clone());
-        entry.completed_at = tr.status.as_ref().and_then(|s| s.completion_time.clone());
         if let (Verdict::Passed, Some(image)) = (verdict.verdict, verdict.image) {
             self.status.image = Some(ImageRef {
                 repository: image.repository,
@@ -463,6 +449,35 @@ impl<'a> Builder<'a> {
             decided: self.decided,
         }
     }
+}
+
+/// The verdict of a finished TaskRun of `stage`, as a status entry and as the gate decided it;
+/// None while it runs.
+pub fn judge_task_run(
+    stage: &Stage,
+    tr: &TaskRun,
+    ctx: GateContext<'_>,
+) -> Option<(StageStatus, gates::GateVerdict)> {
+    let outcome = tekton::outcome(tr)?;
+    let verdict = gates::judge(stage, &outcome, &tekton::results(tr), ctx);
+    let state = match outcome {
+        gates::RunOutcome::Succeeded => StageState::Succeeded,
+        gates::RunOutcome::Failed { .. } => StageState::Failed,
+        gates::RunOutcome::TimedOut => StageState::TimedOut,
+        gates::RunOutcome::Cancelled => StageState::Cancelled,
+    };
+    let entry = StageStatus {
+        name: stage.name.clone(),
+        task_run: tr.metadata.name.clone(),
+        state,
+        gate: Some(verdict.verdict),
+        findings: verdict.findings.clone(),
+        tests: verdict.tests.clone(),
+        exceptions_applied: verdict.exceptions_applied.clone(),
+        reason: Some(verdict.reason.clone()),
+        completed_at: tr.status.as_ref().and_then(|s| s.completion_time.clone()),
+    };
+    Some((entry, verdict))
 }
 
 fn static_reason(r: &str) -> &'static str {

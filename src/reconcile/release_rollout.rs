@@ -202,19 +202,20 @@ impl<'a> Rollout<'a> {
         Ok(())
     }
 
-    /// Approval, target checks, turn and signature verification; then record and apply.
+    /// Target checks, turn, approval and signature verification; then record and apply.
     async fn begin(&mut self) -> Result<(), Error> {
         let Some(image) = self.status.image.clone() else {
             return Ok(());
         };
-        if let Some((why, message)) = rollout::approval_pending(self.release, &image.digest) {
-            self.set(Phase::AwaitingApproval, Kind::Progressing, why, message);
-            return Ok(());
-        }
         let Some(dep) = self.ready_target().await? else {
             return Ok(());
         };
+        // The turn comes first: a release waiting for approval can still be superseded.
         if !self.my_turn().await? {
+            return Ok(());
+        }
+        if let Some((why, message)) = rollout::approval_pending(self.release, &image.digest) {
+            self.set(Phase::AwaitingApproval, Kind::Progressing, why, message);
             return Ok(());
         }
         if let Err(f) = release_signing::verify(self.ctx, self.release, self.pipeline, &image).await

@@ -1,0 +1,150 @@
+//! `spec.history.keep`: the TaskRuns of finished releases beyond the newest `keep` are deleted
+//! (their verdicts stay in each ModelRelease's status), and of each release's rescans only the
+//! latest scheduled run is kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams},
+};
+
+use super::{Ctx, Error, api, rescan};
+use crate::{
+    api::{LABEL_PIPELINE, LABEL_RELEASE, ModelRelease, SecurePipeline},
+    tekton::TaskRun,
+};
+
+/// Finished releases of `pipeline` older than its newest `keep` finished ones.
+pub fn expired(pipeline: &SecurePipeline, releases: &[ModelRelease]) -> BTreeSet<String> {
+    let Some(keep) = pipeline.spec.history.as_ref().map(|h| h.keep as usize) else {
+        return BTreeSet::new();
+    };
+    let name = pipeline.name_any();
+    let mut finished: Vec<&ModelRelease> = releases
+        .iter()
+        .filter(|r| r.spec.pipeline_ref.name == name)
+        .filter(|r| r.status.as_ref().is_some_and(|s| s.phase.is_final()))
+        .collect();
+    finished.sort_by_key(|r| {
+        std::cmp::Reverse((
+            r.metadata.creation_timestamp.clone().map(|t| t.0),
+            r.name_any(),
+        ))
+    });
+    finished.iter().skip(keep).map(|r| r.name_any()).collect()
+}
+
+/// Rescan TaskRuns older than the latest scheduled run of their release.
+pub fn stale_rescans(runs: &[TaskRun]) -> Vec<String> {
+    let at = |t: &TaskRun| -> Option<(String, i64)> {
+        let of = t.labels().get(rescan::LABEL_RESCAN_OF)?.clone();
+        let at = t.labels().get(rescan::LABEL_RESCAN_AT)?.parse().ok()?;
+        Some((of, at))
+    };
+    let mut latest: BTreeMap<String, i64> = BTreeMap::new();
+    for (of, when) in runs.iter().filter_map(at) {
+        let slot = latest.entry(of).or_insert(when);
+        *slot = (*slot).max(when);
+    }
+    runs.iter()
+        .filter(|t| at(t).is_some_and(|(of, when)| latest.get(&of).is_some_and(|l| when < *l)))
+        .map(|t| t.name_any())
+        .collect()
+}
+
+/// Deletes what `expired` and `stale_rescans` name.
+pub async fn prune(
+    ctx: &Ctx,
+    pipeline: &SecurePipeline,
+    releases: &[ModelRelease],
+) -> Result<(), Error> {
+    let ns = pipeline.namespace().unwrap_or_default();
+    let api_: Api<TaskRun> = Api::namespaced(ctx.client.clone(), &ns);
+    let runs = api_
+        .list(&ListParams::default().labels(&format!("{LABEL_PIPELINE}={}", pipeline.name_any())))
+        .await
+        .map_err(api("list-pipeline-taskruns"))?
+        .items;
+    let expired = expired(pipeline, releases);
+    let mut doomed: Vec<String> = runs
+        .iter()
+        .filter(|t| {
+            t.labels()
+                .get(LABEL_RELEASE)
+                .or_else(|| t.labels().get(rescan::LABEL_RESCAN_OF))
+                .is_some_and(|r| expired.contains(r))
+        })
+        .map(|t| t.name_any())
+        .collect();
+    doomed.extend(stale_rescans(&runs));
+    doomed.sort();
+    doomed.dedup();
+    for name in doomed {
+        match api_.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => tracing::debug!(task_run = %name, namespace = %ns, "deleted by history.keep"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(api("delete-taskrun")(e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::{
+        api::{ModelReleaseStatus, Phase, pipeline::HistorySpec},
+        fixtures,
+    };
+
+    fn release(name: &str, day: u32, phase: Phase) -> ModelRelease {
+        let mut r = fixtures::release();
+        r.metadata.name = Some(name.into());
+        let created = format!("2026-11-{day:02}T00:00:00Z");
+        r.metadata.creation_timestamp = Some(Time(created.parse().expect("time")));
+        r.status = Some(ModelReleaseStatus {
+            phase,
+            ..ModelReleaseStatus::default()
+        });
+        r
+    }
+
+    #[test]
+    fn finished_releases_beyond_keep_expire_and_running_ones_never() {
+        let mut p = fixtures::pipeline();
+        let all = [
+            release("r1", 1, Phase::Released),
+            release("r2", 2, Phase::Blocked),
+            release("r3", 3, Phase::Running),
+            release("r4", 4, Phase::RolledBack),
+            release("r5", 5, Phase::Released),
+        ];
+        assert!(expired(&p, &all).is_empty(), "no history spec keeps all");
+        p.spec.history = Some(HistorySpec { keep: 2 });
+        assert_eq!(
+            expired(&p, &all).into_iter().collect::<Vec<_>>(),
+            ["r1", "r2"]
+        );
+    }
+
+    #[test]
+    fn only_the_latest_rescan_of_each_release_stays() {
+        let run = |name: &str, of: &str, at: &str| {
+            let mut t = TaskRun::new(name, Default::default());
+            t.metadata.labels = Some(BTreeMap::from([
+                (rescan::LABEL_RESCAN_OF.to_string(), of.to_string()),
+                (rescan::LABEL_RESCAN_AT.to_string(), at.to_string()),
+            ]));
+            t
+        };
+        let runs = [
+            run("a-1", "a", "100"),
+            run("a-2", "a", "200"),
+            run("b-1", "b", "100"),
+        ];
+        assert_eq!(stale_rescans(&runs), ["a-1"]);
+    }
+}

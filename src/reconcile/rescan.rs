@@ -1,0 +1,481 @@
+//! Continuous re-audit: on `spec.rescan.schedule`, re-run the listed stages against the revision
+//! each target Deployment currently runs (its newest Released ModelRelease), judge them with the
+//! same gates, and mark what now blocks `Vulnerable` on the release and on the pipeline.
+
+use std::collections::BTreeMap;
+
+use jiff::{Timestamp, tz::TimeZone};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use super::{Ctx, Error, api, release_plan};
+use crate::{
+    api::{
+        FIELD_MANAGER, LABEL_PIPELINE, LABEL_RELEASE, LABEL_STAGE, ModelRelease, Phase,
+        SecurePipeline, SecurePipelineStatus,
+        conditions::{self, reason},
+        release::{RescanStatus, Verdict},
+    },
+    gates::GateContext,
+    metrics::StageLabels,
+    names,
+    tekton::{self, TaskRun},
+};
+
+/// Label on rescan TaskRuns naming the release re-audited (not `sluice.dev/release`, so the
+/// release's own stages never see them).
+pub const LABEL_RESCAN_OF: &str = "sluice.dev/rescan-of";
+/// Label on rescan TaskRuns: the scheduled time, Unix seconds.
+pub const LABEL_RESCAN_AT: &str = "sluice.dev/rescan-at";
+
+fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
+    croner::Cron::new(schedule)
+        .with_seconds_optional()
+        .parse()
+        .map_err(|e| format!("invalid cron schedule {schedule:?}: {e}"))
+}
+
+/// Why `spec.rescan.schedule` cannot be used, if it cannot.
+pub fn schedule_problem(pipeline: &SecurePipeline) -> Option<String> {
+    let rescan = pipeline.spec.rescan.as_ref()?;
+    if let Err(e) = parse_schedule(&rescan.schedule) {
+        return Some(e);
+    }
+    let names: Vec<&str> = pipeline
+        .spec
+        .stages
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let unknown: Vec<&str> = rescan
+        .stages
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !names.contains(s))
+        .collect();
+    (!unknown.is_empty()).then(|| {
+        format!(
+            "spec.rescan.stages names unknown stages: {}",
+            unknown.join(", ")
+        )
+    })
+}
+
+fn to_chrono(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_default()
+}
+
+/// The latest scheduled time in `(last, now]`, if any: missed runs are not caught up one by one.
+pub fn due(schedule: &str, last: Timestamp, now: Timestamp) -> Result<Option<Timestamp>, String> {
+    let cron = parse_schedule(schedule)?;
+    let mut latest = None;
+    let mut after = to_chrono(last);
+    // Bounded: a per-second schedule after a long outage must not spin.
+    for _ in 0..10_000 {
+        let Ok(next) = cron.find_next_occurrence(&after, false) else {
+            break;
+        };
+        let next_ts = Timestamp::from_second(next.timestamp()).map_err(|e| e.to_string())?;
+        if next_ts > now {
+            break;
+        }
+        latest = Some(next_ts);
+        after = next;
+    }
+    Ok(latest)
+}
+
+/// How long until the next scheduled rescan (at least a second), if one is scheduled.
+pub fn until_next(pipeline: &SecurePipeline, now: Timestamp) -> Option<std::time::Duration> {
+    let cron = parse_schedule(&pipeline.spec.rescan.as_ref()?.schedule).ok()?;
+    let next = cron.find_next_occurrence(&to_chrono(now), false).ok()?;
+    let secs = (next.timestamp() - now.as_second()).max(1);
+    Some(std::time::Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+/// The release each target Deployment runs: the newest Released release of the pipeline.
+pub fn released<'a>(
+    pipeline: &SecurePipeline,
+    releases: &'a [ModelRelease],
+) -> Vec<&'a ModelRelease> {
+    let name = pipeline.name_any();
+    let mut by_target: BTreeMap<&str, &ModelRelease> = BTreeMap::new();
+    for r in releases.iter().filter(|r| {
+        r.spec.pipeline_ref.name == name
+            && r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Released)
+    }) {
+        let key = |r: &ModelRelease| {
+            (
+                r.metadata.creation_timestamp.clone().map(|t| t.0),
+                r.name_any(),
+            )
+        };
+        let slot = by_target.entry(&r.spec.target.deployment).or_insert(r);
+        if key(r) > key(slot) {
+            *slot = r;
+        }
+    }
+    by_target.into_values().collect()
+}
+
+/// The TaskRun re-running `stage` for `release` at the scheduled time `at`.
+pub fn task_run(
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    stage: &crate::api::Stage,
+    at: Timestamp,
+) -> TaskRun {
+    let image = release.status.as_ref().and_then(|s| s.image.as_ref());
+    let mut tr = tekton::build(release, pipeline, stage, image, None);
+    let release_name = release.name_any();
+    tr.metadata.name = Some(names::task_run_name(
+        &release_name,
+        &format!("rescan-{}-{}", at.as_second(), stage.name),
+    ));
+    let labels = tr.metadata.labels.get_or_insert_default();
+    labels.remove(LABEL_RELEASE);
+    labels.insert(LABEL_RESCAN_OF.into(), release_name);
+    labels.insert(LABEL_RESCAN_AT.into(), at.as_second().to_string());
+    tr
+}
+
+/// Runs the scheduled rescan when due, then folds finished rescans into the releases' status.
+pub async fn run(
+    ctx: &Ctx,
+    pipeline: &SecurePipeline,
+    releases: &[ModelRelease],
+    status: &mut SecurePipelineStatus,
+) -> Result<(), Error> {
+    let Some(spec) = pipeline.spec.rescan.as_ref() else {
+        return Ok(());
+    };
+    if schedule_problem(pipeline).is_some() {
+        return Ok(());
+    }
+    let now = (ctx.now)();
+    let last = status
+        .last_rescan
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .or_else(|| pipeline.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(now);
+    if let Ok(Some(at)) = due(&spec.schedule, last, now) {
+        start(ctx, pipeline, releases, at).await?;
+        status.last_rescan = Some(at.to_string());
+    }
+    judge(ctx, pipeline, releases, status).await
+}
+
+async fn start(
+    ctx: &Ctx,
+    pipeline: &SecurePipeline,
+    releases: &[ModelRelease],
+    at: Timestamp,
+) -> Result<(), Error> {
+    let Some(spec) = pipeline.spec.rescan.as_ref() else {
+        return Ok(());
+    };
+    let ns = pipeline.namespace().unwrap_or_default();
+    let api_: Api<TaskRun> = Api::namespaced(ctx.client.clone(), &ns);
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    for release in released(pipeline, releases) {
+        for stage in pipeline
+            .spec
+            .stages
+            .iter()
+            .filter(|s| spec.stages.contains(&s.name))
+        {
+            let tr = task_run(release, pipeline, stage, at);
+            match api_.create(&pp, &tr).await {
+                Ok(_) => {
+                    ctx.metrics.task_runs_created.inc();
+                }
+                // Deterministic names: a restart re-creating the same scheduled run is a no-op.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(api("create-rescan-taskrun")(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Judges each release's latest finished rescan and records it on the release and the pipeline.
+async fn judge(
+    ctx: &Ctx,
+    pipeline: &SecurePipeline,
+    releases: &[ModelRelease],
+    status: &mut SecurePipelineStatus,
+) -> Result<(), Error> {
+    let ns = pipeline.namespace().unwrap_or_default();
+    let lp = ListParams::default().labels(&format!(
+        "{LABEL_RESCAN_OF},{LABEL_PIPELINE}={}",
+        pipeline.name_any()
+    ));
+    let runs = Api::<TaskRun>::namespaced(ctx.client.clone(), &ns)
+        .list(&lp)
+        .await
+        .map_err(api("list-rescan-taskruns"))?
+        .items;
+    let now = (ctx.now)();
+    let mut vulnerable = Vec::new();
+    for release in released(pipeline, releases) {
+        let Some(rescan) = latest_rescan(pipeline, release, &runs, now) else {
+            continue;
+        };
+        let blocked: Vec<String> = rescan
+            .stages
+            .iter()
+            .filter(|s| s.gate == Some(Verdict::Blocked))
+            .filter_map(|s| s.reason.clone())
+            .collect();
+        if !blocked.is_empty() {
+            vulnerable.push(format!("{}: {}", release.name_any(), blocked.join("; ")));
+        }
+        record(ctx, release, rescan, &blocked).await?;
+    }
+    let (value, why, message) = if vulnerable.is_empty() {
+        (
+            false,
+            reason::RESCAN_PASSED,
+            "the latest rescan of every released revision passed its gates".to_string(),
+        )
+    } else {
+        (
+            true,
+            reason::VULNERABLE,
+            format!(
+                "the latest rescan blocks released revisions: {}",
+                vulnerable.join(" | ")
+            ),
+        )
+    };
+    if status.last_rescan.is_some() {
+        conditions::set(
+            &mut status.conditions,
+            conditions::VULNERABLE,
+            value,
+            why,
+            &message,
+            pipeline.metadata.generation,
+            &Time(now),
+        );
+    }
+    Ok(())
+}
+
+/// The verdicts of the newest scheduled rescan of `release`, once all its TaskRuns finished.
+fn latest_rescan(
+    pipeline: &SecurePipeline,
+    release: &ModelRelease,
+    runs: &[TaskRun],
+    now: Timestamp,
+) -> Option<RescanStatus> {
+    let name = release.name_any();
+    let mine: Vec<&TaskRun> = runs
+        .iter()
+        .filter(|t| t.labels().get(LABEL_RESCAN_OF) == Some(&name))
+        .collect();
+    let at = mine
+        .iter()
+        .filter_map(|t| t.labels().get(LABEL_RESCAN_AT)?.parse::<i64>().ok())
+        .max()?;
+    let ctx = GateContext {
+        exceptions: &pipeline.spec.exceptions,
+        today: now.to_zoned(TimeZone::UTC).date(),
+        repository: &pipeline.spec.image.repository,
+    };
+    let mut stages = Vec::new();
+    for tr in mine
+        .iter()
+        .filter(|t| t.labels().get(LABEL_RESCAN_AT) == Some(&at.to_string()))
+    {
+        let stage_name = tr.labels().get(LABEL_STAGE)?;
+        let stage = pipeline
+            .spec
+            .stages
+            .iter()
+            .find(|s| &s.name == stage_name)?;
+        stages.push(release_plan::judge_task_run(stage, tr, ctx)?.0);
+    }
+    stages.sort_by(|a, b| a.name.cmp(&b.name));
+    Some(RescanStatus {
+        scheduled_at: Timestamp::from_second(at).ok()?.to_string(),
+        stages,
+    })
+}
+
+/// Writes the rescan and the Vulnerable condition to the release when they changed.
+async fn record(
+    ctx: &Ctx,
+    release: &ModelRelease,
+    rescan: RescanStatus,
+    blocked: &[String],
+) -> Result<(), Error> {
+    let old = release.status.clone().unwrap_or_default();
+    if old.rescan.as_ref() == Some(&rescan) {
+        return Ok(());
+    }
+    let mut conds = old.conditions.clone();
+    let was = conditions::is_true(&conds, conditions::VULNERABLE);
+    let now = Time((ctx.now)());
+    let (value, why, message) = if blocked.is_empty() {
+        (
+            false,
+            reason::RESCAN_PASSED,
+            format!(
+                "rescan scheduled at {} passed every gate",
+                rescan.scheduled_at
+            ),
+        )
+    } else {
+        (
+            true,
+            reason::VULNERABLE,
+            format!(
+                "rescan scheduled at {} blocks the running release: {}",
+                rescan.scheduled_at,
+                blocked.join("; ")
+            ),
+        )
+    };
+    conditions::set(
+        &mut conds,
+        conditions::VULNERABLE,
+        value,
+        why,
+        &message,
+        release.metadata.generation,
+        &now,
+    );
+    let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "ModelRelease", "status": {"rescan": rescan, "conditions": conds}});
+    Api::<ModelRelease>::namespaced(ctx.client.clone(), &release.namespace().unwrap_or_default())
+        .patch_status(
+            &release.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(api("patch-release-rescan"))?;
+    if value {
+        for s in rescan
+            .stages
+            .iter()
+            .filter(|s| s.gate == Some(Verdict::Blocked))
+        {
+            ctx.metrics
+                .rescan_findings
+                .get_or_create(&StageLabels {
+                    stage: s.name.clone(),
+                })
+                .inc();
+        }
+    }
+    if value != was || value {
+        ctx.publish(release, value, why, "Rescan", message, None)
+            .await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{api::release::ImageRef, fixtures};
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    #[test]
+    fn only_the_latest_missed_run_is_due() {
+        let last = ts("2026-11-23T03:00:00Z");
+        assert_eq!(due("0 3 * * *", last, ts("2026-11-24T02:59:59Z")), Ok(None));
+        assert_eq!(
+            due("0 3 * * *", last, ts("2026-11-26T04:00:00Z")),
+            Ok(Some(ts("2026-11-26T03:00:00Z")))
+        );
+        assert_eq!(
+            due("*/5 * * * * *", last, ts("2026-11-23T03:00:12Z")),
+            Ok(Some(ts("2026-11-23T03:00:10Z")))
+        );
+        assert!(due("every night", last, last).is_err());
+    }
+
+    #[test]
+    fn a_bad_schedule_or_unknown_stage_is_a_pipeline_problem() {
+        let mut p = fixtures::pipeline();
+        assert_eq!(schedule_problem(&p), None);
+        p.spec.rescan = Some(crate::api::pipeline::RescanSpec {
+            schedule: "0 3 * * *".into(),
+            stages: vec!["dependency-audit".into()],
+            on_finding: None,
+        });
+        assert_eq!(schedule_problem(&p), None);
+        p.spec.rescan.as_mut().expect("rescan").stages = vec!["nope".into()];
+        assert!(schedule_problem(&p).expect("problem").contains("nope"));
+        p.spec.rescan.as_mut().expect("rescan").schedule = "61 * * * *".into();
+        assert!(
+            schedule_problem(&p)
+                .expect("problem")
+                .contains("invalid cron")
+        );
+    }
+
+    fn released_release(name: &str, created: &str, deployment: &str) -> ModelRelease {
+        let mut r = fixtures::release();
+        r.metadata.name = Some(name.into());
+        r.metadata.creation_timestamp = Some(Time(ts(created)));
+        r.spec.target.deployment = deployment.into();
+        r.status = Some(crate::api::ModelReleaseStatus {
+            phase: Phase::Released,
+            image: Some(ImageRef {
+                repository: "registry.example/evip/predictor".into(),
+                digest: format!("sha256:{}", "a".repeat(64)),
+            }),
+            ..Default::default()
+        });
+        r
+    }
+
+    #[test]
+    fn the_newest_released_release_of_each_deployment_is_rescanned() {
+        let p = fixtures::pipeline();
+        let old = released_release("p-1", "2026-11-20T00:00:00Z", "predictor");
+        let new = released_release("p-2", "2026-11-21T00:00:00Z", "predictor");
+        let other = released_release("c-1", "2026-11-19T00:00:00Z", "canary");
+        let mut running = released_release("p-3", "2026-11-22T00:00:00Z", "predictor");
+        if let Some(s) = running.status.as_mut() {
+            s.phase = Phase::Running;
+        }
+        let all = [old, new, other, running];
+        let names: Vec<String> = released(&p, &all).iter().map(|r| r.name_any()).collect();
+        assert_eq!(names, ["c-1", "p-2"]);
+
+        let stage = p
+            .spec
+            .stages
+            .iter()
+            .find(|s| s.name == "dependency-audit")
+            .expect("stage");
+        let tr = task_run(&all[1], &p, stage, ts("2026-11-23T03:00:00Z"));
+        let labels = tr.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get(LABEL_RESCAN_OF).map(String::as_str), Some("p-2"));
+        assert!(!labels.contains_key(LABEL_RELEASE));
+        assert_eq!(
+            labels.get(LABEL_STAGE).map(String::as_str),
+            Some("dependency-audit")
+        );
+        assert!(tr.metadata.name.expect("name").starts_with("p-2-rescan-"));
+        assert!(tr.spec.params.iter().any(|p| p.name == "IMAGE_DIGEST"));
+    }
+}
