@@ -3,11 +3,17 @@
 
 use std::{collections::BTreeSet, ops::ControlFlow, time::Duration};
 
-use sluice::api::Phase;
-use sluice_e2e::{Sim, TestNamespace, clean_sims, eventually, operator};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::api::ListParams;
+use sluice::api::{ModelRelease, Phase};
+use sluice_e2e::{REPOSITORY, Sim, TestNamespace, clean_sims, eventually, operator};
+
+/// The tests of this binary kill the one operator: one at a time.
+static OUTAGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 async fn sigkill_mid_release_creates_no_duplicate_taskrun() -> anyhow::Result<()> {
+    let _outage = OUTAGE.lock().await;
     let ns = TestNamespace::new("restart").await?;
     // Kill as soon as the first TaskRuns exist, before the build stage was created.
     let sims: Vec<(&str, Sim)> = clean_sims();
@@ -37,6 +43,7 @@ async fn sigkill_mid_release_creates_no_duplicate_taskrun() -> anyhow::Result<()
             Duration::from_secs(90),
         )
         .await?;
+    // No signing key in this namespace: the release stops at Signing.
     assert_eq!(r.status.as_ref().map(|s| s.phase), Some(Phase::Signing));
     let trs = ns.task_runs("predictor-50").await?;
     let stages: BTreeSet<String> = trs
@@ -56,5 +63,65 @@ async fn sigkill_mid_release_creates_no_duplicate_taskrun() -> anyhow::Result<()
         trs.len()
     );
     assert_eq!(stages.len(), 4, "one TaskRun per stage: {stages:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigkill_mid_rollout_rolls_out_once_and_keeps_the_previous_image() -> anyhow::Result<()> {
+    let _outage = OUTAGE.lock().await;
+    let ns = TestNamespace::new("restart-rollout").await?;
+    ns.with_signing_key("pw")?;
+    let stable = "127.0.0.1:35000/evip/predictor:stable";
+    let before = ns.target(stable, 30).await?;
+    let digest = ns.push_image("restart")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    ns.release("predictor-51", &sims).await?;
+    let api = ns.api::<ModelRelease>();
+    eventually(
+        "RollingOut",
+        Duration::from_secs(90),
+        Duration::from_millis(20),
+        async || {
+            let phase = api.get("predictor-51").await?.status.map(|s| s.phase);
+            Ok(if phase == Some(Phase::RollingOut) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("{phase:?}"))
+            })
+        },
+    )
+    .await?;
+    operator("kill")?;
+    operator("start")?;
+    let r = ns
+        .wait_phase(
+            "predictor-51",
+            &[Phase::Released, Phase::RolledBack, Phase::Failed],
+            Duration::from_secs(90),
+        )
+        .await?;
+    let status = r.status.unwrap_or_default();
+    assert_eq!(status.phase, Phase::Released);
+    assert_eq!(status.previous_image.as_deref(), Some(stable));
+    let after = ns.api::<Deployment>().get("predictor").await?;
+    assert_eq!(
+        after.metadata.generation,
+        before.metadata.generation.map(|g| g + 1),
+        "exactly one rollout"
+    );
+    assert_eq!(ns.target_image().await?, format!("{REPOSITORY}@{digest}"));
+    let sets = ns.api::<ReplicaSet>().list(&ListParams::default()).await?;
+    assert_eq!(sets.items.len(), 2, "the stable ReplicaSet and one new one");
+    let sig = format!("{REPOSITORY}:{}.sig", digest.replace(':', "-"));
+    let manifest = std::process::Command::new(sluice_e2e::tool("crane")?)
+        .args(["manifest", &sig])
+        .output()?;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.stdout)?;
+    assert_eq!(
+        manifest["layers"].as_array().map(Vec::len),
+        Some(1),
+        "one signature"
+    );
     Ok(())
 }
