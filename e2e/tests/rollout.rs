@@ -514,14 +514,25 @@ async fn a_rescan_that_finds_a_new_critical_cve_marks_the_running_release_vulner
     );
     assert_eq!(status.phase, Phase::Released);
     assert_eq!(ns.target_image().await?, format!("{REPOSITORY}@{digest}"));
-    let pipeline = ns.pipeline().await?;
-    let pv = pipeline
-        .status
-        .as_ref()
-        .and_then(|s| conditions::get(&s.conditions, conditions::VULNERABLE))
-        .cloned()
-        .expect("pipeline Vulnerable");
-    assert_eq!(pv.status, "True");
+    let pipelines = ns.api::<sluice::api::SecurePipeline>();
+    let pv = sluice_e2e::eventually(
+        "pipeline Vulnerable",
+        TIMEOUT,
+        sluice_e2e::POLL,
+        async || {
+            let p = pipelines.get("predictor").await?;
+            let v = p
+                .status
+                .as_ref()
+                .and_then(|s| conditions::get(&s.conditions, conditions::VULNERABLE))
+                .cloned();
+            Ok(match v {
+                Some(c) if c.status == "True" => std::ops::ControlFlow::Break(c),
+                other => std::ops::ControlFlow::Continue(format!("{other:?}")),
+            })
+        },
+    )
+    .await?;
     assert!(pv.message.contains("predictor-87"), "{}", pv.message);
     Ok(())
 }
@@ -599,5 +610,58 @@ async fn an_older_release_waiting_for_approval_is_superseded_and_its_taskruns_pr
             .count(),
         4
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_vulnerable_release_with_on_finding_rollback_restores_the_last_passing_one()
+-> anyhow::Result<()> {
+    let (ns, _) = setup("rescanback", 30).await?;
+    let first = ns.push_image("first")?;
+    let second = ns.push_image("second")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&first));
+    ns.release("predictor-90", &sims).await?;
+    ns.wait_phase("predictor-90", &[Phase::Released], TIMEOUT)
+        .await?;
+    sims[3] = ("build", Sim::built(&second));
+    ns.release("predictor-91", &sims).await?;
+    ns.wait_phase("predictor-91", &[Phase::Released], TIMEOUT)
+        .await?;
+    assert_eq!(ns.target_image().await?, format!("{REPOSITORY}@{second}"));
+    let critical = Sim::findings(1, 0, 0, 0).message;
+    ns.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "modelrelease",
+        "predictor-91",
+        &format!("sim.sluice.dev/dependency-audit.message={critical}"),
+    ])?;
+    ns.kubectl(&[
+        "patch",
+        "securepipeline",
+        "predictor",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"rescan":{"schedule":"*/2 * * * * *","stages":["dependency-audit"],"onFinding":"rollback"}}}"#,
+    ])?;
+    let r = ns
+        .wait_phase("predictor-91", &[Phase::RolledBack], TIMEOUT)
+        .await?;
+    assert!(
+        ready_reason(&r).starts_with("Vulnerable"),
+        "{}",
+        ready_reason(&r)
+    );
+    assert!(
+        ready_reason(&r).contains("restored predictor-90"),
+        "{}",
+        ready_reason(&r)
+    );
+    assert_eq!(ns.target_image().await?, format!("{REPOSITORY}@{first}"));
+    ns.wait_available(TIMEOUT).await?;
+    let first_release = ns.api::<ModelRelease>().get("predictor-90").await?;
+    assert_eq!(first_release.status.map(|s| s.phase), Some(Phase::Released));
     Ok(())
 }

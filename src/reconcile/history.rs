@@ -1,6 +1,6 @@
 //! `spec.history.keep`: the TaskRuns of finished releases beyond the newest `keep` are deleted
 //! (their verdicts stay in each ModelRelease's status), and of each release's rescans only the
-//! latest scheduled run is kept.
+//! two latest scheduled runs are kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,20 +35,25 @@ pub fn expired(pipeline: &SecurePipeline, releases: &[ModelRelease]) -> BTreeSet
     finished.iter().skip(keep).map(|r| r.name_any()).collect()
 }
 
-/// Rescan TaskRuns older than the latest scheduled run of their release.
+/// Rescan TaskRuns older than the two latest scheduled runs of their release (the newest may still
+/// be running while the one before it is the verdict on record).
 pub fn stale_rescans(runs: &[TaskRun]) -> Vec<String> {
     let at = |t: &TaskRun| -> Option<(String, i64)> {
         let of = t.labels().get(rescan::LABEL_RESCAN_OF)?.clone();
         let at = t.labels().get(rescan::LABEL_RESCAN_AT)?.parse().ok()?;
         Some((of, at))
     };
-    let mut latest: BTreeMap<String, i64> = BTreeMap::new();
+    let mut schedules: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
     for (of, when) in runs.iter().filter_map(at) {
-        let slot = latest.entry(of).or_insert(when);
-        *slot = (*slot).max(when);
+        schedules.entry(of).or_default().insert(when);
     }
+    let kept = |of: &str, when: i64| {
+        schedules
+            .get(of)
+            .is_some_and(|s| s.iter().rev().take(2).any(|k| *k == when))
+    };
     runs.iter()
-        .filter(|t| at(t).is_some_and(|(of, when)| latest.get(&of).is_some_and(|l| when < *l)))
+        .filter(|t| at(t).is_some_and(|(of, when)| !kept(&of, when)))
         .map(|t| t.name_any())
         .collect()
 }
@@ -131,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_latest_rescan_of_each_release_stays() {
+    fn only_the_two_latest_rescans_of_each_release_stay() {
         let run = |name: &str, of: &str, at: &str| {
             let mut t = TaskRun::new(name, Default::default());
             t.metadata.labels = Some(BTreeMap::from([
@@ -143,6 +148,7 @@ mod tests {
         let runs = [
             run("a-1", "a", "100"),
             run("a-2", "a", "200"),
+            run("a-3", "a", "300"),
             run("b-1", "b", "100"),
         ];
         assert_eq!(stale_rescans(&runs), ["a-1"]);

@@ -18,6 +18,7 @@ use crate::{
         FIELD_MANAGER, LABEL_PIPELINE, LABEL_RELEASE, LABEL_STAGE, ModelRelease, Phase,
         SecurePipeline, SecurePipelineStatus,
         conditions::{self, reason},
+        pipeline::OnFinding,
         release::{RescanStatus, Verdict},
     },
     gates::GateContext,
@@ -229,7 +230,10 @@ async fn judge(
     let now = (ctx.now)();
     let mut vulnerable = Vec::new();
     for release in released(pipeline, releases) {
-        let Some(rescan) = latest_rescan(pipeline, release, &runs, now) else {
+        // While the newest scheduled run is still running, the recorded one stands.
+        let Some(rescan) = latest_rescan(pipeline, release, &runs, now)
+            .or_else(|| release.status.as_ref().and_then(|s| s.rescan.clone()))
+        else {
             continue;
         };
         let blocked: Vec<String> = rescan
@@ -241,7 +245,9 @@ async fn judge(
         if !blocked.is_empty() {
             vulnerable.push(format!("{}: {}", release.name_any(), blocked.join("; ")));
         }
-        record(ctx, release, rescan, &blocked).await?;
+        let rollback = spec_rollback(pipeline) && !blocked.is_empty();
+        let restore = rollback.then(|| last_passing(release, releases)).flatten();
+        record(ctx, release, rescan, &blocked, rollback, restore).await?;
     }
     let (value, why, message) = if vulnerable.is_empty() {
         (
@@ -273,7 +279,7 @@ async fn judge(
     Ok(())
 }
 
-/// The verdicts of the newest scheduled rescan of `release`, once all its TaskRuns finished.
+/// The verdicts of the newest scheduled rescan of `release` whose TaskRuns all finished.
 fn latest_rescan(
     pipeline: &SecurePipeline,
     release: &ModelRelease,
@@ -285,41 +291,107 @@ fn latest_rescan(
         .iter()
         .filter(|t| t.labels().get(LABEL_RESCAN_OF) == Some(&name))
         .collect();
-    let at = mine
+    let mut schedules: Vec<i64> = mine
         .iter()
         .filter_map(|t| t.labels().get(LABEL_RESCAN_AT)?.parse::<i64>().ok())
-        .max()?;
+        .collect();
+    schedules.sort_unstable_by(|a, b| b.cmp(a));
+    schedules.dedup();
     let ctx = GateContext {
         exceptions: &pipeline.spec.exceptions,
         today: now.to_zoned(TimeZone::UTC).date(),
         repository: &pipeline.spec.image.repository,
     };
-    let mut stages = Vec::new();
-    for tr in mine
-        .iter()
-        .filter(|t| t.labels().get(LABEL_RESCAN_AT) == Some(&at.to_string()))
-    {
-        let stage_name = tr.labels().get(LABEL_STAGE)?;
-        let stage = pipeline
-            .spec
-            .stages
+    // The newest schedule whose TaskRuns all finished.
+    schedules.into_iter().find_map(|at| {
+        let label = at.to_string();
+        let mut stages = Vec::new();
+        for tr in mine
             .iter()
-            .find(|s| &s.name == stage_name)?;
-        stages.push(release_plan::judge_task_run(stage, tr, ctx)?.0);
-    }
-    stages.sort_by(|a, b| a.name.cmp(&b.name));
-    Some(RescanStatus {
-        scheduled_at: Timestamp::from_second(at).ok()?.to_string(),
-        stages,
+            .filter(|t| t.labels().get(LABEL_RESCAN_AT) == Some(&label))
+        {
+            let stage_name = tr.labels().get(LABEL_STAGE)?;
+            let stage = pipeline
+                .spec
+                .stages
+                .iter()
+                .find(|s| &s.name == stage_name)?;
+            stages.push(release_plan::judge_task_run(stage, tr, ctx)?.0);
+        }
+        stages.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(RescanStatus {
+            scheduled_at: Timestamp::from_second(at).ok()?.to_string(),
+            stages,
+        })
     })
 }
 
 /// Writes the rescan and the Vulnerable condition to the release when they changed.
+fn spec_rollback(pipeline: &SecurePipeline) -> bool {
+    pipeline.spec.rescan.as_ref().and_then(|r| r.on_finding) == Some(OnFinding::Rollback)
+}
+
+/// The newest earlier Released release of the same Deployment that no rescan marked Vulnerable.
+pub fn last_passing<'a>(
+    release: &ModelRelease,
+    releases: &'a [ModelRelease],
+) -> Option<&'a ModelRelease> {
+    let key = |r: &ModelRelease| {
+        (
+            r.metadata.creation_timestamp.clone().map(|t| t.0),
+            r.name_any(),
+        )
+    };
+    releases
+        .iter()
+        .filter(|r| r.spec.target.deployment == release.spec.target.deployment)
+        .filter(|r| key(r) < key(release))
+        .filter(|r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.phase == Phase::Released
+                    && s.rollout.is_some()
+                    && !conditions::is_true(&s.conditions, conditions::VULNERABLE)
+            })
+        })
+        .max_by_key(|r| key(r))
+}
+
+/// Restores `to`'s image on the Deployment the way a rollout sets it.
+async fn restore(ctx: &Ctx, release: &ModelRelease, to: &ModelRelease) -> Result<String, Error> {
+    let image = to
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout.as_ref())
+        .map(|r| r.image.clone())
+        .unwrap_or_default();
+    let target = &release.spec.target;
+    let body = crate::rollout::image_apply(
+        &target.deployment,
+        &target.container,
+        &image,
+        Some(&to.name_any()),
+    );
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+        ctx.client.clone(),
+        &release.namespace().unwrap_or_default(),
+    )
+    .patch(
+        &target.deployment,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(api("apply-deployment-image"))?;
+    Ok(image)
+}
+
 async fn record(
     ctx: &Ctx,
     release: &ModelRelease,
     rescan: RescanStatus,
     blocked: &[String],
+    rollback: bool,
+    to: Option<&ModelRelease>,
 ) -> Result<(), Error> {
     let old = release.status.clone().unwrap_or_default();
     if old.rescan.as_ref() == Some(&rescan) {
@@ -357,7 +429,48 @@ async fn record(
         release.metadata.generation,
         &now,
     );
-    let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "ModelRelease", "status": {"rescan": rescan, "conditions": conds}});
+    let mut phase = old.phase;
+    let mut message = message;
+    if rollback {
+        let (ended, note) = match to {
+            Some(to) => {
+                let image = restore(ctx, release, to).await?;
+                (
+                    Phase::RolledBack,
+                    format!(
+                        "{message}; onFinding: rollback restored {} ({image})",
+                        to.name_any()
+                    ),
+                )
+            }
+            None => (
+                old.phase,
+                format!(
+                    "{message}; onFinding: rollback found no earlier release that still passes, so this one keeps running"
+                ),
+            ),
+        };
+        phase = ended;
+        message = note;
+        if phase == Phase::RolledBack {
+            for (t, v) in [
+                (conditions::READY, false),
+                (conditions::STALLED, true),
+                (conditions::RECONCILING, false),
+            ] {
+                conditions::set(
+                    &mut conds,
+                    t,
+                    v,
+                    reason::VULNERABLE,
+                    &message,
+                    release.metadata.generation,
+                    &now,
+                );
+            }
+        }
+    }
+    let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "ModelRelease", "status": {"rescan": rescan, "conditions": conds, "phase": phase}});
     Api::<ModelRelease>::namespaced(ctx.client.clone(), &release.namespace().unwrap_or_default())
         .patch_status(
             &release.name_any(),
