@@ -18,12 +18,15 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The chart ships the same CRD files.
 crds:
 	$(CARGO) run --quiet -- crds --out-dir crds
+	rm -f charts/sluice/crds/*.yaml && cp crds/*.yaml charts/sluice/crds/
 
 check-crds:
 	@tmp=$$(mktemp -d) && $(CARGO) run --quiet -- crds --out-dir $$tmp && \
-	  if diff -ru crds $$tmp; then echo "crds/ is up to date"; else echo "crds/ is stale: run make crds" >&2; exit 1; fi
+	  if diff -ru crds $$tmp && diff -ru crds charts/sluice/crds; then echo "crds/ and charts/sluice/crds/ are up to date"; \
+	  else echo "crds/ or charts/sluice/crds/ is stale: run make crds" >&2; exit 1; fi
 
 cluster-up:
 	e2e/cluster up

@@ -1,0 +1,275 @@
+//! The Helm chart: lints, its rendering passes server-side dry-run on the real API server, its pod is
+//! admitted under the `restricted` Pod Security Standard, and a release completes with the operator
+//! authenticated as the chart's ServiceAccount (a token for it), so a missing RBAC rule fails here.
+//! Its own test binary: it swaps the shared operator for one running with the chart's credentials.
+
+use std::{ops::ControlFlow, process::Command, time::Duration};
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Namespace};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use sluice::api::Phase;
+use sluice_e2e::{
+    POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually, operator, repo_dir, state_dir,
+    tool,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(tool(program)?)
+        .current_dir(repo_dir())
+        .env("KUBECONFIG", state_dir().join("kubeconfig"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn render(namespace: &str, include_crds: bool) -> anyhow::Result<String> {
+    let mut args = vec![
+        "template",
+        "sluice",
+        "charts/sluice",
+        "--namespace",
+        namespace,
+        "--kube-version",
+        "1.36.0",
+    ];
+    if include_crds {
+        args.push("--include-crds");
+    }
+    run("helm", &args, None)
+}
+
+/// A namespace for the chart, labelled to enforce the restricted Pod Security Standard.
+struct ChartNamespace {
+    name: String,
+    api: Api<Namespace>,
+}
+
+impl ChartNamespace {
+    async fn new() -> anyhow::Result<Self> {
+        let client = sluice_e2e::client().await?;
+        let name = format!("e2e-chart-{}", std::process::id());
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest"}}}))?;
+        let api = Api::<Namespace>::all(client);
+        api.create(&PostParams::default(), &ns).await?;
+        Ok(Self { name, api })
+    }
+}
+
+impl Drop for ChartNamespace {
+    fn drop(&mut self) {
+        let api = self.api.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .map(|rt| rt.block_on(api.delete(&name, &DeleteParams::background())))
+        })
+        .join();
+    }
+}
+
+/// Puts the shared admin operator back when the test ends, however it ends.
+struct AdminOperatorBack;
+
+impl Drop for AdminOperatorBack {
+    fn drop(&mut self) {
+        let _ = operator("stop");
+        let _ = operator("start");
+    }
+}
+
+#[tokio::test]
+async fn the_chart_installs_under_restricted_and_its_rbac_suffices_for_a_release()
+-> anyhow::Result<()> {
+    let lint = run("helm", &["lint", "--strict", "charts/sluice"], None)?;
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    let chart = ChartNamespace::new().await?;
+    let ns = chart.name.as_str();
+
+    // Everything the chart renders, CRDs included, passes the API server's own validation.
+    let rendered = render(ns, true)?;
+    run(
+        "kubectl",
+        &["apply", "--dry-run=server", "--server-side", "-f", "-"],
+        Some(&rendered),
+    )?;
+
+    // The restricted policy is enforced here: a privileged pod is refused...
+    let refused = run(
+        "kubectl",
+        &[
+            "-n",
+            ns,
+            "run",
+            "privileged",
+            "--image=busybox",
+            "--overrides={\"spec\":{\"containers\":[{\"name\":\"privileged\",\"image\":\"busybox\",\"securityContext\":{\"privileged\":true}}]}}",
+        ],
+        None,
+    );
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("violates PodSecurity")),
+        "{refused:?}"
+    );
+    // ...and the chart's pod is admitted and becomes Ready.
+    run("kubectl", &["apply", "-f", "-"], Some(&render(ns, false)?))?;
+    let deployments: Api<Deployment> = Api::namespaced(sluice_e2e::client().await?, ns);
+    eventually(
+        "the chart's Deployment available",
+        TIMEOUT,
+        POLL,
+        async || {
+            let d = deployments.get("sluice").await?;
+            let available = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            Ok(if available == 1 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("{:?}", d.status))
+            })
+        },
+    )
+    .await?;
+
+    assert_least_privilege(ns)?;
+    release_as_the_chart_service_account(ns).await
+}
+
+/// What the ServiceAccount may and may not do.
+fn assert_least_privilege(ns: &str) -> anyhow::Result<()> {
+    let sa = format!("system:serviceaccount:{ns}:sluice");
+    let can = |verb: &str, resource: &str| -> anyhow::Result<bool> {
+        let out = Command::new(tool("kubectl")?)
+            .env("KUBECONFIG", state_dir().join("kubeconfig"))
+            .args(["auth", "can-i", verb, resource, "--as", &sa, "-A"])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+    };
+    for (verb, resource) in [
+        ("patch", "deployments.apps"),
+        ("create", "taskruns.tekton.dev"),
+        ("patch", "modelreleases.sluice.dev/status"),
+        ("get", "secrets"),
+    ] {
+        assert!(
+            can(verb, resource)?,
+            "the chart must allow {verb} {resource}"
+        );
+    }
+    for (verb, resource) in [
+        ("list", "secrets"),
+        ("delete", "deployments.apps"),
+        ("create", "pods"),
+        ("update", "modelreleases.sluice.dev"),
+        ("*", "*"),
+    ] {
+        assert!(
+            !can(verb, resource)?,
+            "the chart must not allow {verb} {resource}"
+        );
+    }
+    Ok(())
+}
+
+/// Runs the operator with a token of the chart's ServiceAccount and takes one release to Released.
+async fn release_as_the_chart_service_account(chart_ns: &str) -> anyhow::Result<()> {
+    let token = run(
+        "kubectl",
+        &[
+            "-n",
+            chart_ns,
+            "create",
+            "token",
+            "sluice",
+            "--duration",
+            "1h",
+        ],
+        None,
+    )?;
+    let kubeconfig = state_dir().join(format!("{chart_ns}.kubeconfig"));
+    let server = run(
+        "kubectl",
+        &[
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+        None,
+    )?;
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster: {{server: {server}, certificate-authority: {}}}\nusers:\n- name: sluice\n  user: {{token: {}}}\ncontexts:\n- name: sluice\n  context: {{cluster: e2e, user: sluice}}\ncurrent-context: sluice\n",
+            state_dir().join("pki/ca.crt").display(),
+            token.trim()
+        ),
+    )?;
+    operator("stop")?;
+    let _back = AdminOperatorBack;
+    let status = Command::new(repo_dir().join("e2e/operator"))
+        .env("SLUICE_OPERATOR_KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", chart_ns)
+        .arg("start")
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "operator with the chart's token did not start"
+    );
+
+    let ns = TestNamespace::new("chart-rbac").await?;
+    ns.with_signing_key("chart-pw")?;
+    ns.target("127.0.0.1:35000/evip/predictor:stable", 30)
+        .await?;
+    let digest = ns.push_image("chart")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    ns.release("predictor-60", &sims).await?;
+    let r = ns
+        .wait_phase(
+            "predictor-60",
+            &[
+                Phase::Released,
+                Phase::Blocked,
+                Phase::RolledBack,
+                Phase::Failed,
+            ],
+            TIMEOUT,
+        )
+        .await?;
+    let status = r.status.unwrap_or_default();
+    assert_eq!(status.phase, Phase::Released, "{:?}", status.conditions);
+    assert_eq!(ns.target_image().await?, format!("{REPOSITORY}@{digest}"));
+    // Events were published under the chart's rules too.
+    let events = ns.kubectl(&["get", "events.events.k8s.io", "-o", "name"])?;
+    assert!(!events.trim().is_empty(), "no events published");
+    let _ = std::fs::remove_file(&kubeconfig);
+    Ok(())
+}

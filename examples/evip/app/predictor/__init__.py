@@ -1,0 +1,1 @@
+"""eVIP: predicts the next 15 minutes of EV charging load for a site."""

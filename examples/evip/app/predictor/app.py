@@ -1,0 +1,44 @@
+"""HTTP API: POST /predict with a site and its recent readings; GET /healthz."""
+
+from datetime import timedelta
+
+from flask import Flask, jsonify, request
+
+from .model import parse_time, train
+
+MAX_READINGS = 96
+
+
+def create_app(models=None) -> Flask:
+    app = Flask(__name__)
+    app.config["MODELS"] = models if models is not None else train()
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", sites=sorted(app.config["MODELS"]))
+
+    @app.post("/predict")
+    def predict():
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return jsonify(error="expected a JSON object"), 400
+        model = app.config["MODELS"].get(body.get("site"))
+        if model is None:
+            return jsonify(error=f"unknown site {body.get('site')!r}"), 404
+        readings = body.get("readings")
+        if not isinstance(readings, list) or not 1 <= len(readings) <= MAX_READINGS:
+            return jsonify(error=f"readings: 1 to {MAX_READINGS} items of {{timestamp, kw}}"), 400
+        try:
+            last = readings[-1]
+            last_time = parse_time(str(last["timestamp"]))
+            last_kw = float(last["kw"])
+        except (KeyError, TypeError, ValueError):
+            return jsonify(error="each reading needs an ISO 8601 timestamp and a numeric kw"), 400
+        kw = model.predict_next(last_time, last_kw)
+        at = (last_time + timedelta(minutes=15)).isoformat().replace("+00:00", "Z")
+        return jsonify(site=body["site"], timestamp=at, kw=round(kw, 1))
+
+    return app
+
+
+app = create_app()
