@@ -1,5 +1,5 @@
 # The README's two commands are `make demo` and `make test`.
-.PHONY: demo test unit e2e lint crds check-crds cluster-up cluster-down
+.PHONY: demo test unit e2e lint crds check-crds bundle cluster-up cluster-down
 
 CARGO ?= cargo
 
@@ -27,6 +27,14 @@ check-crds:
 	@tmp=$$(mktemp -d) && $(CARGO) run --quiet -- crds --out-dir $$tmp && \
 	  if diff -ru crds $$tmp && diff -ru crds charts/sluice/crds; then echo "crds/ and charts/sluice/crds/ are up to date"; \
 	  else echo "crds/ or charts/sluice/crds/ is stale: run make crds" >&2; exit 1; fi
+
+# The OLM bundle, from the chart as rendered by the pinned helm (built with the e2e tools).
+# The e2e suite fails when bundle/ differs from what this writes.
+BUNDLE_EXAMPLES = --example examples/evip/pipeline.yaml --example examples/evip/release.yaml
+bundle:
+	helm="$$(e2e/tools/build.sh)/bin/helm" && \
+	  "$$helm" template sluice charts/sluice --namespace sluice-system --kube-version 1.36.0 | \
+	  $(CARGO) run --quiet -- olm-bundle --chart - $(BUNDLE_EXAMPLES) --out-dir bundle
 
 cluster-up:
 	e2e/cluster up

@@ -9,6 +9,7 @@ pub mod gates;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod olm;
 pub mod operator;
 pub mod reconcile;
 pub mod registry;

@@ -16,7 +16,7 @@ use kube::{
     Api, Client, ResourceExt,
     runtime::{Controller, reflector::ObjectRef, watcher},
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     api::{ModelRelease, SecurePipeline},
@@ -56,17 +56,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let server = tokio::spawn(axum::serve(listener, router(web.clone())).into_future());
     // A standby replica is healthy and ready: it serves probes while it waits for the Lease.
     web.ready.store(true, Ordering::SeqCst);
+    let stop = Shutdown::listen();
 
     let leadership = tokio::select! {
         l = Leadership::acquire(client.clone(), config.lease.clone()) => l,
-        _ = shutdown_signal() => { server.abort(); return Ok(()); }
+        () = stop.wait() => { server.abort(); return Ok(()); }
     };
     let mut context = Context::new(client.clone(), metrics.clone());
     context.insecure_registries = config.insecure_registries.clone();
     let ctx = Arc::new(context);
     let outcome = tokio::select! {
-        () = controllers(client, ctx, metrics) => Ok(()),
+        () = controllers(client, ctx, metrics, &stop) => Ok(()),
         () = leadership.keep() => Err(anyhow::anyhow!("lost leadership; exiting so a new process can rejoin the election")),
+        () = async { stop.wait().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; stopping anyway");
+            Ok(())
+        }
     };
     leadership.release().await;
     server.abort();
@@ -101,15 +106,34 @@ fn router(web: Web) -> Router {
         .with_state(web)
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { futures::future::pending::<()>().await } } => {},
+/// SIGTERM or Ctrl-C, seen by every waiter. One listener is installed before anything else runs,
+/// so a signal that arrives between two phases of start-up is never lost.
+#[derive(Clone)]
+struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    fn listen() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { futures::future::pending::<()>().await } } => {},
+            }
+            info!("shutdown requested");
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    async fn wait(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stopped| *stopped).await;
     }
 }
 
-async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics) {
+async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics, stop: &Shutdown) {
     let releases: Api<ModelRelease> = Api::all(client.clone());
     let pipelines: Api<SecurePipeline> = Api::all(client.clone());
     let task_runs: Api<TaskRun> = Api::all(client.clone());
@@ -172,7 +196,10 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
                     .collect::<Vec<_>>()
             },
         )
-        .graceful_shutdown_on(shutdown_signal())
+        .graceful_shutdown_on({
+            let s = stop.clone();
+            async move { s.wait().await }
+        })
         .run(
             reconcile::release::reconcile,
             |_, e, ctx| reconcile::error_policy(reconcile::release::CONTROLLER, e, &ctx.metrics),
@@ -195,7 +222,10 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
             r.namespace()
                 .map(|ns| ObjectRef::<SecurePipeline>::new(&r.spec.pipeline_ref.name).within(&ns))
         })
-        .graceful_shutdown_on(shutdown_signal())
+        .graceful_shutdown_on({
+            let s = stop.clone();
+            async move { s.wait().await }
+        })
         .run(
             reconcile::pipeline::reconcile,
             |_, e, ctx| reconcile::error_policy(reconcile::pipeline::CONTROLLER, e, &ctx.metrics),
@@ -206,6 +236,10 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     tokio::join!(release_loop, pipeline_loop);
     info!("controllers stopped");
 }
+
+/// How long in-flight reconciles may finish after a shutdown signal; they are idempotent, so
+/// cutting one short only repeats it in the next process.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Default lease duration: a successor takes over at most this long after a crash.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);

@@ -8,14 +8,24 @@ import (
 	"github.com/operator-framework/api/pkg/validation/errors"
 )
 
-// olm loads a bundle directory and runs the default bundle validators; any error fails.
+// validators are what `operator-sdk bundle validate --select-optional suite=operatorframework`
+// runs: the default bundle checks plus OperatorHub's metadata, categories, capabilities and good
+// practices.
+var validators = validation.DefaultBundleValidators.WithValidators(
+	validation.OperatorHubV2Validator,
+	validation.StandardCategoriesValidator,
+	validation.StandardCapabilitiesValidator,
+	validation.GoodPracticesValidator,
+)
+
+// olm loads a bundle directory and runs the validators; any error fails.
 func olm(dir string) error {
 	bundle, err := manifests.GetBundleFromDir(dir)
 	if err != nil {
 		return fmt.Errorf("loading bundle %s: %w", dir, err)
 	}
 	failed := false
-	for _, result := range validation.DefaultBundleValidators.Validate(bundle) {
+	for _, result := range validators.Validate(bundle) {
 		for _, e := range result.Errors {
 			failed = true
 			fmt.Printf("ERROR %s\n", e.Error())

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     ops::ControlFlow,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -39,6 +39,49 @@ pub fn tool(name: &str) -> Result<PathBuf> {
     let bin = std::fs::read_to_string(state_dir().join("bin"))
         .context("reading .e2e/bin; is the e2e cluster up?")?;
     Ok(PathBuf::from(bin.trim()).join(name))
+}
+
+/// Path of `sluice-checks` (kstatus, Lua health, OLM validation), built once and cached by
+/// e2e/checks/build.sh.
+pub fn checks_bin() -> Result<PathBuf> {
+    let out = Command::new(repo_dir().join("e2e/checks/build.sh")).output()?;
+    if !out.status.success() {
+        bail!(
+            "e2e/checks/build.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Runs `program` from the repository root with the e2e kubeconfig, feeding `stdin`; its
+/// standard output, or an error carrying everything it printed.
+pub fn run_program(program: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    use std::{io::Write, process::Stdio};
+    let mut child = Command::new(program)
+        .current_dir(repo_dir())
+        .env("KUBECONFIG", state_dir().join("kubeconfig"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let input = stdin.unwrap_or_default().to_owned();
+    let mut pipe = child.stdin.take().context("stdin")?;
+    // A writer thread: a child that prints before reading all its input cannot deadlock us.
+    let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    if !out.status.success() {
+        bail!(
+            "{} {args:?}: {}{}",
+            program.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Path of the repository root.

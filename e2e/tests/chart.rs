@@ -10,37 +10,14 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use sluice::api::Phase;
 use sluice_e2e::{
-    POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually, operator, repo_dir, state_dir,
-    tool,
+    POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually, operator, repo_dir, run_program,
+    state_dir, tool,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-    use std::io::Write;
-    let mut child = Command::new(tool(program)?)
-        .current_dir(repo_dir())
-        .env("KUBECONFIG", state_dir().join("kubeconfig"))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run_program(&tool(program)?, args, stdin)
 }
 
 fn render(namespace: &str, include_crds: bool) -> anyhow::Result<String> {

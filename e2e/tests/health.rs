@@ -11,22 +11,15 @@ use sluice_e2e::{Sim, TestNamespace, clean_sims, repo_dir};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn checks() -> anyhow::Result<PathBuf> {
-    let out = Command::new(repo_dir().join("e2e/checks/build.sh")).output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
 /// Runs `sluice-checks` and returns file stem -> (status, message).
 fn run_checks(
     args: &[&str],
     files: &[PathBuf],
 ) -> anyhow::Result<BTreeMap<String, (String, String)>> {
-    let out = Command::new(checks()?).args(args).args(files).output()?;
+    let out = Command::new(sluice_e2e::checks_bin()?)
+        .args(args)
+        .args(files)
+        .output()?;
     ensure!(
         out.status.success(),
         "sluice-checks {args:?}: {}",
