@@ -6,7 +6,7 @@
 use std::{ops::ControlFlow, process::Command, time::Duration};
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Namespace};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 use sluice::api::Phase;
 use sluice_e2e::{
@@ -39,7 +39,6 @@ fn render(namespace: &str, include_crds: bool) -> anyhow::Result<String> {
 /// A namespace for the chart, labelled to enforce the restricted Pod Security Standard.
 struct ChartNamespace {
     name: String,
-    api: Api<Namespace>,
 }
 
 impl ChartNamespace {
@@ -49,21 +48,30 @@ impl ChartNamespace {
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": {
             "pod-security.kubernetes.io/enforce": "restricted",
             "pod-security.kubernetes.io/enforce-version": "latest"}}}))?;
-        let api = Api::<Namespace>::all(client);
-        api.create(&PostParams::default(), &ns).await?;
-        Ok(Self { name, api })
+        Api::<Namespace>::all(client)
+            .create(&PostParams::default(), &ns)
+            .await?;
+        Ok(Self { name })
     }
 }
 
 impl Drop for ChartNamespace {
+    // kubectl, not the async client: the test's runtime is blocked while this runs, and a kube
+    // Client created on it would wait forever for that runtime's tasks.
     fn drop(&mut self) {
-        let api = self.api.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .map(|rt| rt.block_on(api.delete(&name, &DeleteParams::background())))
-        })
-        .join();
+        // The chart's cluster-scoped objects (ClusterRoles and their binding) go too.
+        if let Ok(rendered) = render(&self.name, false) {
+            let _ = run(
+                "kubectl",
+                &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
+                Some(&rendered),
+            );
+        }
+        let _ = run(
+            "kubectl",
+            &["delete", "namespace", &self.name, "--wait=false"],
+            None,
+        );
     }
 }
 
