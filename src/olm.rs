@@ -13,7 +13,7 @@ use crate::api::{ModelRelease, SecurePipeline};
 
 /// The OLM package and its only channel.
 pub const PACKAGE: &str = "sluice";
-const CHANNEL: &str = "alpha";
+const CHANNEL: &str = "candidate";
 
 /// Labels Helm adds that would misdescribe an OLM-managed object.
 const HELM_LABELS: [&str; 2] = ["helm.sh/chart", "app.kubernetes.io/managed-by"];

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 
@@ -9,26 +8,19 @@ import (
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
-func readObject(path string) (map[string]interface{}, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var obj map[string]interface{}
-	if err := json.Unmarshal(data, &obj); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return obj, nil
-}
-
 // kstatus prints "<file> <Status> <message>" for each object, as kstatus computes it.
 func kstatus(paths []string) error {
 	for _, p := range paths {
-		obj, err := readObject(p)
+		data, err := os.ReadFile(p)
 		if err != nil {
 			return err
 		}
-		res, err := status.Compute(&unstructured.Unstructured{Object: obj})
+		// Unstructured's own decoder keeps integers int64, as the API machinery (and Flux) does.
+		var obj unstructured.Unstructured
+		if err := obj.UnmarshalJSON(data); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		res, err := status.Compute(&obj)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}

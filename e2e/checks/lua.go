@@ -1,11 +1,24 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 
 	lua "github.com/yuin/gopher-lua"
 )
+
+func readObject(path string) (map[string]interface{}, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var obj map[string]interface{}
+	if err := json.Unmarshal(data, &obj); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return obj, nil
+}
 
 // luaHealth runs an Argo CD resource health script: the object is the global `obj`, the script
 // returns a table {status, message}. Prints "<file> <status> <message>".

@@ -151,9 +151,11 @@ async fn the_chart_installs_under_restricted_and_its_rbac_suffices_for_a_release
 fn assert_least_privilege(ns: &str) -> anyhow::Result<()> {
     let sa = format!("system:serviceaccount:{ns}:sluice");
     let can = |verb: &str, resource: &str| -> anyhow::Result<bool> {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
         let out = Command::new(tool("kubectl")?)
             .env("KUBECONFIG", state_dir().join("kubeconfig"))
             .args(["auth", "can-i", verb, resource, "--as", &sa, "-A"])
+            .arg(format!("--subresource={subresource}"))
             .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
     };
