@@ -16,6 +16,7 @@ e2e:
 
 lint:
 	$(CARGO) fmt --all --check
+	@test -z "$$(gofmt -l e2e/checks)" || { echo "gofmt: e2e/checks needs formatting" >&2; exit 1; }
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The chart ships the same CRD files.
