@@ -11,9 +11,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{Namespace, Service},
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Namespace, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{
     Api, Client, Config,
@@ -357,6 +360,46 @@ impl TestNamespace {
             .await?)
     }
 
+    /// Waits until the ModelRelease `name` has the condition `type_` with `status`; returns it.
+    pub async fn release_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+    ) -> Result<Condition> {
+        let api = self.api::<ModelRelease>();
+        let what = format!("release {name}: {type_}={status}");
+        wait_condition(&what, type_, status, async || {
+            Ok(api
+                .get(name)
+                .await?
+                .status
+                .map(|s| s.conditions)
+                .unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Waits until the SecurePipeline `name` has the condition `type_` with `status`; returns it.
+    pub async fn pipeline_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+    ) -> Result<Condition> {
+        let api = self.api::<SecurePipeline>();
+        let what = format!("pipeline {name}: {type_}={status}");
+        wait_condition(&what, type_, status, async || {
+            Ok(api
+                .get(name)
+                .await?
+                .status
+                .map(|s| s.conditions)
+                .unwrap_or_default())
+        })
+        .await
+    }
+
     /// Waits until the release reaches one of `phases`.
     pub async fn wait_phase(
         &self,
@@ -410,6 +453,27 @@ impl Drop for TestNamespace {
         // Synchronous so that it also runs when a test panics.
         let _ = self.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
+}
+
+/// How long a condition may take to appear.
+const CONDITION_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn wait_condition(
+    what: &str,
+    type_: &str,
+    status: &str,
+    mut read: impl AsyncFnMut() -> Result<Vec<Condition>>,
+) -> Result<Condition> {
+    eventually(what, CONDITION_TIMEOUT, POLL, async || {
+        let conds = read().await?;
+        Ok(
+            match sluice::api::conditions::get(&conds, type_).filter(|c| c.status == status) {
+                Some(c) => ControlFlow::Break(c.clone()),
+                None => ControlFlow::Continue(format!("{conds:?}")),
+            },
+        )
+    })
+    .await
 }
 
 /// How often `eventually` looks again by default.

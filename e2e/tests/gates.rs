@@ -231,20 +231,7 @@ async fn deleting_a_release_garbage_collects_its_taskruns() -> anyhow::Result<()
 #[tokio::test]
 async fn the_pipeline_reports_ready_or_a_missing_task() -> anyhow::Result<()> {
     let ns = TestNamespace::new("pipeline").await?;
-    eventually("pipeline Ready", TIMEOUT, POLL, async || {
-        let p = ns.pipeline().await?;
-        let conds = p
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        Ok(if conditions::is_true(&conds, READY) {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(format!("{:?}", p.status))
-        })
-    })
-    .await?;
+    ns.pipeline_condition("predictor", READY, "True").await?;
     let mut broken: SecurePipeline = ns.pipeline().await?;
     broken.metadata = kube::api::ObjectMeta {
         name: Some("broken".into()),
@@ -255,22 +242,9 @@ async fn the_pipeline_reports_ready_or_a_missing_task() -> anyhow::Result<()> {
     ns.api::<SecurePipeline>()
         .create(&PostParams::default(), &broken)
         .await?;
-    let api = ns.api::<SecurePipeline>();
-    let stalled = eventually("broken pipeline Stalled", TIMEOUT, POLL, async || {
-        let p = api.get("broken").await?;
-        let conds = p
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        Ok(
-            match conditions::get(&conds, conditions::STALLED).filter(|c| c.status == "True") {
-                Some(c) => ControlFlow::Break(c.clone()),
-                None => ControlFlow::Continue(format!("{:?}", p.status)),
-            },
-        )
-    })
-    .await?;
+    let stalled = ns
+        .pipeline_condition("broken", conditions::STALLED, "True")
+        .await?;
     assert_eq!(stalled.reason, "TaskNotFound");
     assert!(
         stalled.message.contains("no-such-task"),

@@ -70,20 +70,8 @@ async fn kstatus_and_the_argo_cd_lua_read_real_objects_as_flux_and_argo_would() 
         .await?;
     ns.release_with("orphan", &sims, json!({"pipelineRef": {"name": "missing"}}))
         .await?;
+    ns.release_condition("orphan", "Stalled", "True").await?;
     let api = ns.api::<ModelRelease>();
-    sluice_e2e::eventually("orphan stalled", TIMEOUT, sluice_e2e::POLL, async || {
-        let r = api.get("orphan").await?;
-        let stalled = r
-            .status
-            .as_ref()
-            .is_some_and(|s| sluice::api::conditions::is_true(&s.conditions, "Stalled"));
-        Ok(if stalled {
-            std::ops::ControlFlow::Break(())
-        } else {
-            std::ops::ControlFlow::Continue(format!("{:?}", r.status))
-        })
-    })
-    .await?;
 
     let dir = std::env::temp_dir().join(format!("{}-objects", ns.name));
     std::fs::create_dir_all(&dir)?;

@@ -222,23 +222,9 @@ async fn signing_in_a_registry_that_needs_credentials_uses_the_secret_and_stalls
 
     // Without credentials: stalled with a reason that names the cause, nothing signed.
     ns.release("predictor-73", &sims).await?;
-    let api = ns.api::<ModelRelease>();
-    let stalled = eventually(
-        "signing stalled without credentials",
-        TIMEOUT,
-        POLL,
-        async || {
-            let r = api.get("predictor-73").await?;
-            let conds = r.status.clone().unwrap_or_default().conditions;
-            Ok(
-                match conditions::get(&conds, conditions::SIGNED).filter(|c| c.status == "False") {
-                    Some(c) => ControlFlow::Break(c.clone()),
-                    None => ControlFlow::Continue(format!("{:?}", r.status)),
-                },
-            )
-        },
-    )
-    .await?;
+    let stalled = ns
+        .release_condition("predictor-73", conditions::SIGNED, "False")
+        .await?;
     assert_eq!(
         stalled.reason, "RegistryUnauthorized",
         "{}",
@@ -272,6 +258,7 @@ async fn signing_in_a_registry_that_needs_credentials_uses_the_secret_and_stalls
         "-p",
         r#"{"spec":{"image":{"credentialsSecretRef":{"name":"registry-creds"}}}}"#,
     ])?;
+    let api = ns.api::<ModelRelease>();
     let signature = eventually("signed with credentials", TIMEOUT, POLL, async || {
         let r = api.get("predictor-73").await?;
         Ok(match r.status.as_ref().and_then(|s| s.signature.clone()) {

@@ -479,33 +479,20 @@ async fn a_rescan_that_finds_a_new_critical_cve_marks_the_running_release_vulner
         "-p",
         r#"{"spec":{"rescan":{"schedule":"*/2 * * * * *","stages":["dependency-audit"]}}}"#,
     ])?;
-    let api = ns.api::<ModelRelease>();
-    let r = sluice_e2e::eventually(
-        "release Vulnerable",
-        TIMEOUT,
-        sluice_e2e::POLL,
-        async || {
-            let r = api.get("predictor-87").await?;
-            let v = r
-                .status
-                .as_ref()
-                .and_then(|s| conditions::get(&s.conditions, conditions::VULNERABLE))
-                .cloned();
-            Ok(match v {
-                Some(c) if c.status == "True" => std::ops::ControlFlow::Break(r),
-                other => std::ops::ControlFlow::Continue(format!("{other:?}")),
-            })
-        },
-    )
-    .await?;
-    let status = r.status.unwrap_or_default();
-    let vulnerable =
-        conditions::get(&status.conditions, conditions::VULNERABLE).expect("Vulnerable");
+    let vulnerable = ns
+        .release_condition("predictor-87", conditions::VULNERABLE, "True")
+        .await?;
     assert!(
         vulnerable.message.contains("1 critical"),
         "{}",
         vulnerable.message
     );
+    let status = ns
+        .api::<ModelRelease>()
+        .get("predictor-87")
+        .await?
+        .status
+        .unwrap_or_default();
     let rescan = status.rescan.expect("rescan status");
     assert_eq!(rescan.stages.len(), 1);
     assert_eq!(
@@ -514,25 +501,9 @@ async fn a_rescan_that_finds_a_new_critical_cve_marks_the_running_release_vulner
     );
     assert_eq!(status.phase, Phase::Released);
     assert_eq!(ns.target_image().await?, format!("{REPOSITORY}@{digest}"));
-    let pipelines = ns.api::<sluice::api::SecurePipeline>();
-    let pv = sluice_e2e::eventually(
-        "pipeline Vulnerable",
-        TIMEOUT,
-        sluice_e2e::POLL,
-        async || {
-            let p = pipelines.get("predictor").await?;
-            let v = p
-                .status
-                .as_ref()
-                .and_then(|s| conditions::get(&s.conditions, conditions::VULNERABLE))
-                .cloned();
-            Ok(match v {
-                Some(c) if c.status == "True" => std::ops::ControlFlow::Break(c),
-                other => std::ops::ControlFlow::Continue(format!("{other:?}")),
-            })
-        },
-    )
-    .await?;
+    let pv = ns
+        .pipeline_condition("predictor", conditions::VULNERABLE, "True")
+        .await?;
     assert!(pv.message.contains("predictor-87"), "{}", pv.message);
     Ok(())
 }
