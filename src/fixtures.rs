@@ -55,25 +55,31 @@ pub fn release() -> ModelRelease {
     .expect("valid release")
 }
 
-/// A finished TaskRun of `release()` for `stage` with the given Succeeded status and results.
+/// A finished TaskRun of `release()` for `stage`, as Sluice creates it, with the given Succeeded
+/// status and results.
 pub fn finished_task_run(stage: &str, succeeded: bool, results: &[(&str, &str)]) -> TaskRun {
     let results: Vec<Value> = results
         .iter()
         .map(|(n, v)| json!({"name": n, "type": "string", "value": v}))
         .collect();
-    serde_json::from_value(json!({
-        "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
-        "metadata": {"name": format!("predictor-42-{stage}"), "namespace": "evip",
-                     "labels": {"sluice.dev/release": "predictor-42", "sluice.dev/stage": stage}},
-        "spec": {},
-        "status": {
+    let pipeline = pipeline();
+    let spec = pipeline
+        .spec
+        .stages
+        .iter()
+        .find(|s| s.name == stage)
+        .unwrap_or_else(|| panic!("no stage {stage} in the fixture pipeline"));
+    let mut tr = crate::tekton::build(&release(), &pipeline, spec, None, None);
+    tr.status = Some(
+        serde_json::from_value(json!({
             "conditions": [{"type": "Succeeded", "status": if succeeded { "True" } else { "False" },
                             "reason": if succeeded { "Succeeded" } else { "Failed" }, "message": "done"}],
             "results": results,
             "completionTime": "2026-11-23T11:59:00Z"
-        }
-    }))
-    .expect("valid TaskRun")
+        }))
+        .expect("valid TaskRun status"),
+    );
+    tr
 }
 
 /// A TaskRun of `release()` for `stage` that is still running.

@@ -210,6 +210,64 @@ pub fn build(
     }
 }
 
+/// Why `tr` is not the TaskRun Sluice creates for `stage` of `release`, if it is not: its results
+/// are only trusted from a TaskRun this release controls that runs the stage's Task with the
+/// stage's parameters. `image` and `target_url` are what the release knows now; a TaskRun made
+/// before they were known lacks those parameters, which is fine.
+pub fn provenance_problem(
+    tr: &TaskRun,
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    stage: &Stage,
+    image: Option<&ImageRef>,
+    target_url: Option<&str>,
+) -> Option<String> {
+    let name = tr.name_any();
+    let controller = tr
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true));
+    if controller.map(|o| o.uid.as_str()) != release.uid().as_deref() {
+        let by = controller.map_or_else(
+            || "nothing".to_string(),
+            |o| format!("{} {}", o.kind, o.name),
+        );
+        return Some(format!(
+            "TaskRun {name} was not created by this release (it is controlled by {by}); its results are not trusted"
+        ));
+    }
+    let expected = build(release, pipeline, stage, image, target_url).spec;
+    if !same_task(tr.spec.task_ref.as_ref(), expected.task_ref.as_ref()) {
+        return Some(format!(
+            "TaskRun {name} does not run the Task stage {} names; its results are not trusted",
+            stage.name
+        ));
+    }
+    let required = params(release, pipeline, stage, None, None);
+    let missing = required.iter().find(|p| !tr.spec.params.contains(p));
+    let unexpected = tr.spec.params.iter().find(|p| !expected.params.contains(p));
+    if let Some(p) = missing.or(unexpected) {
+        return Some(format!(
+            "TaskRun {name} does not pass stage {}'s parameter {} as Sluice would; its results are not trusted",
+            stage.name, p.name
+        ));
+    }
+    None
+}
+
+/// Tekton's defaulting fills in `kind: Task`; anything else must be exactly what the stage says.
+fn same_task(actual: Option<&TektonTaskRef>, expected: Option<&TektonTaskRef>) -> bool {
+    let normal = |r: Option<&TektonTaskRef>| {
+        r.cloned().map(|mut r| {
+            if r.kind.as_deref() == Some("Task") {
+                r.kind = None;
+            }
+            r
+        })
+    };
+    normal(actual) == normal(expected)
+}
+
 fn owner_reference(release: &ModelRelease) -> Option<OwnerReference> {
     let mut owner = release.controller_owner_ref(&())?;
     owner.block_owner_deletion = Some(true);

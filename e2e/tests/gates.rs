@@ -9,6 +9,7 @@ use sluice::api::{
     conditions::{self, READY},
     release::{StageState, Verdict},
 };
+use sluice::tekton::TaskRun;
 use sluice_e2e::{FAKE_DIGEST, POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -160,6 +161,38 @@ async fn a_failed_step_blocks() -> anyhow::Result<()> {
             .starts_with("stage unit-tests: TaskRun failed"),
         "{unit:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_taskrun_made_by_someone_else_under_a_stage_name_is_not_trusted() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("squat").await?;
+    // Made before the release, with a clean result and without Sluice's owner or labels.
+    let clean = r#"[{"key":"TEST_OUTPUT","value":"{\"result\":\"SUCCESS\",\"successes\":1,\"failures\":0}","type":1}]"#;
+    let squatter = json!({
+        "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+        "metadata": {"name": "predictor-47-unit-tests",
+                     "annotations": {"sim.sluice.dev/unit-tests.message": clean}},
+        "spec": {"taskRef": {"name": "pytest"}, "params": [
+            {"name": "SOURCE_URL", "value": "https://git.example/evip/predictor.git"},
+            {"name": "SOURCE_REVISION", "value": "3f2a9c1"}]}
+    });
+    let squatter: TaskRun = serde_json::from_value(squatter)?;
+    ns.api::<TaskRun>()
+        .create(&PostParams::default(), &squatter)
+        .await?;
+    ns.release("predictor-47", &clean_sims()).await?;
+    let r = ns
+        .wait_phase("predictor-47", &[Phase::Blocked, Phase::Signing], TIMEOUT)
+        .await?;
+    let unit = stage(&r, "unit-tests");
+    assert_eq!(unit.gate, Some(Verdict::Blocked), "{unit:?}");
+    let reason = unit.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("was not created by this release"),
+        "{reason}"
+    );
+    assert!(ready_message(&r).contains("not created by this release"));
     Ok(())
 }
 

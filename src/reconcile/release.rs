@@ -41,9 +41,17 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
         .list(&ListParams::default().labels(&format!("{LABEL_RELEASE}={name}")))
         .await
         .map_err(api("list-taskruns"))?;
-    let mut plan = release_plan::plan(release, pipeline.as_ref(), &owned.items, (ctx.now)());
+    let mut seen = owned.items;
+    let mut plan = release_plan::plan(release, pipeline.as_ref(), &seen, (ctx.now)());
+    // A TaskRun without Sluice's labels may hold a stage's name: judge it (the planner finds it
+    // untrusted) rather than creating over it, which would fail with 409 forever.
+    let squatters = existing_task_runs(&task_runs, &plan.create).await?;
+    if !squatters.is_empty() {
+        seen.extend(squatters);
+        plan = release_plan::plan(release, pipeline.as_ref(), &seen, (ctx.now)());
+    }
     if let Some(p) = pipeline.as_ref() {
-        sign_if_due(ctx, release, p, &owned.items, &mut plan).await;
+        sign_if_due(ctx, release, p, &seen, &mut plan).await;
         release_rollout::Rollout::new(ctx, release, p, &mut plan.status, &mut plan.notices)
             .advance()
             .await?;
@@ -150,6 +158,24 @@ async fn sign_if_due(
     }
 }
 
+/// Those of `planned` whose names are already taken.
+async fn existing_task_runs(
+    api_: &Api<TaskRun>,
+    planned: &[TaskRun],
+) -> Result<Vec<TaskRun>, Error> {
+    let mut found = Vec::new();
+    for tr in planned {
+        if let Some(existing) = api_
+            .get_opt(&tr.name_any())
+            .await
+            .map_err(api("get-taskrun"))?
+        {
+            found.push(existing);
+        }
+    }
+    Ok(found)
+}
+
 async fn create_task_run(api_: &Api<TaskRun>, tr: &TaskRun) -> Result<(), Error> {
     let pp = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
@@ -199,6 +225,16 @@ mod tests {
     const PIPELINE_URI: &str =
         "/apis/sluice.dev/v1alpha1/namespaces/evip/securepipelines/predictor";
     const TASKRUNS_URI: &str = "/apis/tekton.dev/v1/namespaces/evip/taskruns";
+
+    /// Answers the reconciler's look-ups of the TaskRun names it is about to create: all free.
+    async fn names_free(server: &mut ApiServer, stages: &[&str]) {
+        for stage in stages {
+            server
+                .expect(Method::GET, &format!("{TASKRUNS_URI}/predictor-42-{stage}"))
+                .await
+                .not_found();
+        }
+    }
     const STATUS_URI: &str =
         "/apis/sluice.dev/v1alpha1/namespaces/evip/modelreleases/predictor-42/status";
 
@@ -255,6 +291,7 @@ mod tests {
     async fn a_new_release_creates_the_taskruns_of_stages_without_dependencies() {
         let result = run(fixtures::release(), |mut server| async move {
             serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), vec![]).await;
+            names_free(&mut server, &["unit-tests", "dependency-audit"]).await;
             for stage in ["unit-tests", "dependency-audit"] {
                 let post = server
                     .expect(
@@ -340,9 +377,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_taskrun_squatting_on_a_stage_name_blocks_instead_of_being_created_over() {
+        let result = run(fixtures::release(), |mut server| async move {
+            serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), vec![]).await;
+            let mut squatter = fixtures::finished_task_run("unit-tests", true, &[]);
+            squatter.metadata.labels = None;
+            squatter.metadata.owner_references = None;
+            server
+                .expect(
+                    Method::GET,
+                    &format!("{TASKRUNS_URI}/predictor-42-unit-tests"),
+                )
+                .await
+                .ok(&serde_json::to_value(&squatter).expect("json"));
+            names_free(&mut server, &["dependency-audit"]).await;
+            // Re-planned with the squatter: blocked, nothing created.
+            let patch = server.expect(Method::PATCH, STATUS_URI).await;
+            assert_eq!(patch.body["status"]["phase"], "Blocked");
+            let reason = patch.body["status"]["stages"][0]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(reason.contains("not created by this release"), "{reason}");
+            let body = with_status(&patch.body);
+            patch.ok(&body);
+            let blocked = server.expect_event("GateBlocked").await;
+            assert_eq!(blocked["type"], "Warning");
+            server.expect_event("Blocked").await;
+            server
+        })
+        .await;
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[tokio::test]
     async fn an_existing_taskrun_on_create_is_not_an_error() {
         let result = run(fixtures::release(), |mut server| async move {
             serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), vec![]).await;
+            names_free(&mut server, &["unit-tests", "dependency-audit"]).await;
             for _ in 0..2 {
                 let post = server.expect(Method::POST, TASKRUNS_URI).await;
                 let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "exists"});
@@ -432,6 +504,7 @@ mod tests {
         ];
         let result = run(fixtures::release(), |mut server| async move {
             serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), trs).await;
+            names_free(&mut server, &["build"]).await;
             let post = server.expect(Method::POST, TASKRUNS_URI).await;
             assert_eq!(post.body["metadata"]["name"], "predictor-42-build");
             assert_eq!(post.body["spec"]["taskRef"], json!({"name": "buildah"}));

@@ -9,13 +9,14 @@ use kube::ResourceExt;
 
 use crate::{
     api::{
-        LABEL_STAGE, ModelRelease, ModelReleaseStatus, Phase, SecurePipeline, Stage,
+        ModelRelease, ModelReleaseStatus, Phase, SecurePipeline, Stage,
         conditions::{self, reason},
         pipeline::Produces,
         release::{ImageRef, StageState, StageStatus, Verdict},
     },
     dag,
     gates::{self, GateContext},
+    names,
     tekton::{self, TaskRun},
 };
 
@@ -152,9 +153,20 @@ impl<'a> Builder<'a> {
     }
 
     fn run_stages(&mut self, pipeline: &SecurePipeline, task_runs: &[TaskRun]) {
-        let by_stage: BTreeMap<&str, &TaskRun> = task_runs
+        // By the name Sluice gives each stage's TaskRun: a TaskRun that only carries the labels
+        // is not the stage's, and one squatting on the name is judged untrusted, not ignored.
+        let release_name = self.release.name_any();
+        let by_stage: BTreeMap<&str, &TaskRun> = pipeline
+            .spec
+            .stages
             .iter()
-            .filter_map(|tr| tr.labels().get(LABEL_STAGE).map(|s| (s.as_str(), tr)))
+            .filter_map(|s| {
+                let name = names::task_run_name(&release_name, &s.name);
+                task_runs
+                    .iter()
+                    .find(|tr| tr.metadata.name.as_deref() == Some(name.as_str()))
+                    .map(|tr| (s.name.as_str(), tr))
+            })
             .collect();
         let today = self.now.to_zoned(TimeZone::UTC).date();
         let ctx = GateContext {
@@ -168,7 +180,7 @@ impl<'a> Builder<'a> {
         // First judge whatever has finished, so a block seen now stops every stage not yet started.
         let mut entries: Vec<StageStatus> = pre
             .iter()
-            .map(|s| self.observe(s, by_stage.get(s.name.as_str()), ctx))
+            .map(|s| self.observe(pipeline, s, by_stage.get(s.name.as_str()), ctx))
             .collect();
         let may_start = !self.status.phase.is_final();
         let mut passed =
@@ -177,7 +189,7 @@ impl<'a> Builder<'a> {
             .iter()
             .map(|s| match by_stage.get(s.name.as_str()) {
                 None if !self.has_verdict(s) => waiting(s, "runs after the rollout"),
-                tr => self.observe(s, tr, ctx),
+                tr => self.observe(pipeline, s, tr, ctx),
             })
             .collect();
         if pre.len() == passed.len() {
@@ -259,6 +271,7 @@ impl<'a> Builder<'a> {
     /// The status of one stage from its previous entry and its TaskRun; a verdict once given stands.
     fn observe(
         &mut self,
+        pipeline: &SecurePipeline,
         stage: &Stage,
         tr: Option<&&TaskRun>,
         ctx: GateContext<'_>,
@@ -274,6 +287,21 @@ impl<'a> Builder<'a> {
         let Some(tr) = tr else {
             return waiting(stage, "waiting for the stages it runs after");
         };
+        let target_url = self
+            .status
+            .rollout
+            .as_ref()
+            .and_then(|r| r.target_url.as_deref());
+        if let Some(problem) = tekton::provenance_problem(
+            tr,
+            self.release,
+            pipeline,
+            stage,
+            self.status.image.as_ref(),
+            target_url,
+        ) {
+            return self.untrusted(stage, tr, problem);
+        }
         let Some((entry, verdict)) = judge_task_run(stage, tr, ctx) else {
             return StageStatus {
                 name: stage.name.clone(),
@@ -306,6 +334,30 @@ impl<'a> Builder<'a> {
             task_run: tr.metadata.name.clone(),
         });
         entry
+    }
+
+    /// Blocks `stage` on a TaskRun whose results cannot be trusted.
+    fn untrusted(&mut self, stage: &Stage, tr: &TaskRun, problem: String) -> StageStatus {
+        let reason = format!("stage {}: {problem}", stage.name);
+        self.decided
+            .push((stage.name.clone(), Verdict::Blocked, UNTRUSTED_TASK_RUN));
+        self.notices.push(Notice {
+            warning: true,
+            reason: "GateBlocked",
+            note: reason.clone(),
+            task_run: tr.metadata.name.clone(),
+        });
+        StageStatus {
+            name: stage.name.clone(),
+            task_run: tr.metadata.name.clone(),
+            state: tekton::outcome(tr).map_or(StageState::Running, state_of),
+            gate: Some(Verdict::Blocked),
+            findings: None,
+            tests: None,
+            exceptions_applied: Vec::new(),
+            reason: Some(reason),
+            completed_at: tr.status.as_ref().and_then(|s| s.completion_time.clone()),
+        }
     }
 
     /// Sets the phase from the pre-deploy verdicts (the first `gate_count` stages); from the
@@ -460,12 +512,7 @@ pub fn judge_task_run(
 ) -> Option<(StageStatus, gates::GateVerdict)> {
     let outcome = tekton::outcome(tr)?;
     let verdict = gates::judge(stage, &outcome, &tekton::results(tr), ctx);
-    let state = match outcome {
-        gates::RunOutcome::Succeeded => StageState::Succeeded,
-        gates::RunOutcome::Failed { .. } => StageState::Failed,
-        gates::RunOutcome::TimedOut => StageState::TimedOut,
-        gates::RunOutcome::Cancelled => StageState::Cancelled,
-    };
+    let state = state_of(outcome);
     let entry = StageStatus {
         name: stage.name.clone(),
         task_run: tr.metadata.name.clone(),
@@ -479,6 +526,18 @@ pub fn judge_task_run(
     };
     Some((entry, verdict))
 }
+
+fn state_of(outcome: gates::RunOutcome) -> StageState {
+    match outcome {
+        gates::RunOutcome::Succeeded => StageState::Succeeded,
+        gates::RunOutcome::Failed { .. } => StageState::Failed,
+        gates::RunOutcome::TimedOut => StageState::TimedOut,
+        gates::RunOutcome::Cancelled => StageState::Cancelled,
+    }
+}
+
+/// The verdict category of a stage whose TaskRun Sluice did not make as the stage says.
+pub const UNTRUSTED_TASK_RUN: &str = "UntrustedTaskRun";
 
 fn static_reason(r: &str) -> &'static str {
     match r {
@@ -594,6 +653,91 @@ mod tests {
                 .message
                 .contains("signed as registry.example/evip/predictor:sha256-cc.sig")
         );
+    }
+
+    fn stage_of(p: &Plan, stage: &str) -> StageStatus {
+        p.status
+            .stages
+            .iter()
+            .find(|e| e.name == stage)
+            .cloned()
+            .expect("stage entry")
+    }
+
+    #[test]
+    fn a_taskrun_this_release_does_not_control_is_not_trusted() {
+        let mut trs = all_passed();
+        // Passing results, but made by someone else under the stage's name.
+        trs[1].metadata.owner_references = None;
+        let p = plan(
+            &fixtures::release(),
+            Some(&fixtures::pipeline()),
+            &trs,
+            fixtures::test_now(),
+        );
+        assert_eq!(p.status.phase, Phase::Blocked);
+        let audit = stage_of(&p, "dependency-audit");
+        assert_eq!(audit.gate, Some(Verdict::Blocked));
+        let reason = audit.reason.unwrap_or_default();
+        assert!(reason.contains("not created by this release"), "{reason}");
+        assert!(
+            p.decided
+                .iter()
+                .any(|(s, _, c)| s == "dependency-audit" && *c == UNTRUSTED_TASK_RUN)
+        );
+        assert!(p.status.signature.is_none() && p.create.is_empty());
+    }
+
+    #[test]
+    fn a_taskrun_with_another_revision_or_task_is_not_trusted_but_tekton_defaults_are() {
+        let mut trs = all_passed();
+        let revision = trs[0]
+            .spec
+            .params
+            .iter_mut()
+            .find(|p| p.name == "SOURCE_REVISION")
+            .expect("param");
+        revision.value = "0000000".into();
+        let p = plan(
+            &fixtures::release(),
+            Some(&fixtures::pipeline()),
+            &trs,
+            fixtures::test_now(),
+        );
+        let tests = stage_of(&p, "unit-tests");
+        assert_eq!(tests.gate, Some(Verdict::Blocked));
+        assert!(
+            tests.reason.unwrap_or_default().contains("SOURCE_REVISION"),
+            "the reason names the parameter"
+        );
+
+        let mut trs = all_passed();
+        trs[1].spec.task_ref.as_mut().expect("taskRef").name = Some("always-clean".into());
+        let p = plan(
+            &fixtures::release(),
+            Some(&fixtures::pipeline()),
+            &trs,
+            fixtures::test_now(),
+        );
+        let audit = stage_of(&p, "dependency-audit");
+        assert!(
+            audit
+                .reason
+                .unwrap_or_default()
+                .contains("does not run the Task")
+        );
+
+        let mut trs = all_passed();
+        for tr in &mut trs {
+            tr.spec.task_ref.as_mut().expect("taskRef").kind = Some("Task".into());
+        }
+        let p = plan(
+            &fixtures::release(),
+            Some(&fixtures::pipeline()),
+            &trs,
+            fixtures::test_now(),
+        );
+        assert_eq!(p.status.phase, Phase::Signing);
     }
 
     #[test]
