@@ -290,6 +290,7 @@ fn latest_rescan(
     let mine: Vec<&TaskRun> = runs
         .iter()
         .filter(|t| t.labels().get(LABEL_RESCAN_OF) == Some(&name))
+        .filter(|t| made_by_sluice(t, release, pipeline))
         .collect();
     let mut schedules: Vec<i64> = mine
         .iter()
@@ -324,6 +325,25 @@ fn latest_rescan(
             stages,
         })
     })
+}
+
+/// Whether `tr` is the rescan TaskRun Sluice creates for its labels' stage and schedule: anyone
+/// who can create TaskRuns could otherwise mark a release Vulnerable, or roll it back.
+fn made_by_sluice(tr: &TaskRun, release: &ModelRelease, pipeline: &SecurePipeline) -> bool {
+    let labels = tr.labels();
+    let at = labels
+        .get(LABEL_RESCAN_AT)
+        .and_then(|a| a.parse::<i64>().ok())
+        .and_then(|a| Timestamp::from_second(a).ok());
+    let stage = labels
+        .get(LABEL_STAGE)
+        .and_then(|n| pipeline.spec.stages.iter().find(|s| &s.name == n));
+    let (Some(at), Some(stage)) = (at, stage) else {
+        return false;
+    };
+    let image = release.status.as_ref().and_then(|s| s.image.as_ref());
+    tr.metadata.name == task_run(release, pipeline, stage, at).metadata.name
+        && tekton::provenance_problem(tr, release, pipeline, stage, image, None).is_none()
 }
 
 /// Writes the rescan and the Vulnerable condition to the release when they changed.
@@ -590,5 +610,42 @@ mod tests {
         );
         assert!(tr.metadata.name.expect("name").starts_with("p-2-rescan-"));
         assert!(tr.spec.params.iter().any(|p| p.name == "IMAGE_DIGEST"));
+    }
+
+    #[test]
+    fn only_rescan_taskruns_sluice_made_are_judged() {
+        let p = fixtures::pipeline();
+        let release = released_release("p-2", "2026-11-21T00:00:00Z", "predictor");
+        let stage = p
+            .spec
+            .stages
+            .iter()
+            .find(|s| s.name == "dependency-audit")
+            .expect("stage");
+        let at = ts("2026-11-23T03:00:00Z");
+        let finished = |mut tr: TaskRun| {
+            tr.status = Some(
+                serde_json::from_value(serde_json::json!({
+                    "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded"}],
+                    "results": [{"name": "FINDINGS", "type": "string", "value": "{\"critical\":1}"}]
+                }))
+                .expect("status"),
+            );
+            tr
+        };
+        let ours = finished(task_run(&release, &p, stage, at));
+        let now = ts("2026-11-23T04:00:00Z");
+        let judged = latest_rescan(&p, &release, std::slice::from_ref(&ours), now);
+        assert_eq!(
+            judged.map(|r| r.stages[0].gate),
+            Some(Some(Verdict::Blocked))
+        );
+
+        let mut forged = ours.clone();
+        forged.metadata.owner_references = None;
+        assert!(latest_rescan(&p, &release, &[forged], now).is_none());
+        let mut renamed = ours;
+        renamed.metadata.name = Some("p-2-rescan-custom".into());
+        assert!(latest_rescan(&p, &release, &[renamed], now).is_none());
     }
 }
