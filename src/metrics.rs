@@ -82,6 +82,8 @@ pub struct Metrics {
     pub verdicts: Family<VerdictLabels, Counter>,
     /// TaskRuns created.
     pub task_runs_created: Counter,
+    /// Running TaskRuns cancelled because their release was blocked.
+    pub task_runs_cancelled: Counter,
     /// Duration of signing (registry check, signing, push).
     pub signing_duration: Histogram,
     /// Signing failures by category.
@@ -106,6 +108,7 @@ impl Default for Metrics {
         });
         let verdicts = Family::<VerdictLabels, Counter>::default();
         let task_runs_created = Counter::default();
+        let task_runs_cancelled = Counter::default();
         let releases = Family::<PhaseLabels, Gauge>::default();
         let signing_duration = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let signing_failures = Family::<CategoryLabels, Counter>::default();
@@ -136,6 +139,11 @@ impl Default for Metrics {
             "TaskRuns created for stages",
             task_runs_created.clone(),
         );
+        registry.register(
+            "taskruns_cancelled",
+            "Running TaskRuns cancelled because their release was blocked",
+            task_runs_cancelled.clone(),
+        );
         registry.register("releases", "ModelReleases by phase", releases.clone());
         let rollouts = Family::<OutcomeLabels, Counter>::default();
         registry.register(
@@ -156,6 +164,7 @@ impl Default for Metrics {
             duration,
             verdicts,
             task_runs_created,
+            task_runs_cancelled,
             signing_duration,
             signing_failures,
             rollouts,

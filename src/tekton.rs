@@ -44,7 +44,16 @@ pub struct TaskRunSpec {
     /// Timeout, a Go duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// `TaskRunCancelled` once cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Why it was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
 }
+
+/// The `spec.status` that asks Tekton to cancel a TaskRun.
+pub const CANCELLED: &str = "TaskRunCancelled";
 
 /// Tekton's taskRef: a name and kind, or a resolver with params.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -202,6 +211,7 @@ pub fn build(
         workspaces: stage.workspaces.clone(),
         service_account_name: pipeline.spec.service_account_name.clone(),
         timeout: stage.timeout.clone(),
+        ..TaskRunSpec::default()
     };
     TaskRun {
         metadata,

@@ -331,7 +331,28 @@ impl TestNamespace {
         sims: &[(&str, Sim)],
         spec: Value,
     ) -> Result<ModelRelease> {
-        let mut annotations = BTreeMap::new();
+        self.release_annotated(name, sims, spec, BTreeMap::new())
+            .await
+    }
+
+    /// Like `release`, whose TaskRun of `stage` keeps running until it is cancelled.
+    pub async fn release_holding(
+        &self,
+        name: &str,
+        sims: &[(&str, Sim)],
+        stage: &str,
+    ) -> Result<ModelRelease> {
+        let hold = BTreeMap::from([("sim.sluice.dev/hold".to_string(), stage.to_string())]);
+        self.release_annotated(name, sims, json!({}), hold).await
+    }
+
+    async fn release_annotated(
+        &self,
+        name: &str,
+        sims: &[(&str, Sim)],
+        spec: Value,
+        mut annotations: BTreeMap<String, String>,
+    ) -> Result<ModelRelease> {
         for (stage, sim) in sims {
             annotations.insert(
                 format!("sim.sluice.dev/{stage}.message"),

@@ -162,6 +162,7 @@ fn assert_least_privilege(ns: &str) -> anyhow::Result<()> {
     for (verb, resource) in [
         ("patch", "deployments.apps"),
         ("create", "taskruns.tekton.dev"),
+        ("patch", "taskruns.tekton.dev"),
         ("patch", "modelreleases.sluice.dev/status"),
         ("get", "secrets"),
     ] {

@@ -197,6 +197,62 @@ async fn a_taskrun_made_by_someone_else_under_a_stage_name_is_not_trusted() -> a
 }
 
 #[tokio::test]
+async fn a_blocked_release_cancels_the_stages_still_running() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("cancel").await?;
+    let mut sims = clean_sims();
+    sims[1] = ("dependency-audit", Sim::findings(1, 0, 0, 0));
+    // The unit tests would run on; the audit blocks meanwhile.
+    ns.release_holding("predictor-48", &sims, "unit-tests")
+        .await?;
+    ns.wait_phase("predictor-48", &[Phase::Blocked], TIMEOUT)
+        .await?;
+    let api = ns.api::<TaskRun>();
+    let cancelled = eventually("unit tests cancelled", TIMEOUT, POLL, async || {
+        let tr = api.get("predictor-48-unit-tests").await?;
+        let reason = tr
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.first())
+            .and_then(|c| c.reason.clone())
+            .unwrap_or_default();
+        Ok(if reason == "TaskRunCancelled" {
+            ControlFlow::Break(tr)
+        } else {
+            ControlFlow::Continue(format!("{:?}", tr.status))
+        })
+    })
+    .await?;
+    assert_eq!(cancelled.spec.status.as_deref(), Some("TaskRunCancelled"));
+    assert!(
+        cancelled
+            .spec
+            .status_message
+            .unwrap_or_default()
+            .contains("dependency-audit")
+    );
+    let r = eventually("the stage reads as cancelled", TIMEOUT, POLL, async || {
+        let r = ns.api::<ModelRelease>().get("predictor-48").await?;
+        Ok(if stage(&r, "unit-tests").state == StageState::Cancelled {
+            ControlFlow::Break(r)
+        } else {
+            ControlFlow::Continue(format!("{:?}", stage(&r, "unit-tests")))
+        })
+    })
+    .await?;
+    assert_eq!(stage(&r, "unit-tests").gate, Some(Verdict::Skipped));
+    assert_eq!(r.status.as_ref().map(|s| s.phase), Some(Phase::Blocked));
+    assert!(ready_message(&r).contains("dependency-audit"));
+    let events = ns.kubectl(&[
+        "get",
+        "events.events.k8s.io",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])?;
+    assert!(events.contains("TaskRunCancelled"), "{events}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn malformed_and_missing_results_block_with_distinct_reasons() -> anyhow::Result<()> {
     let ns = TestNamespace::new("malformed").await?;
     let mut sims = clean_sims();

@@ -71,6 +71,8 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
             .await
             .map_err(api("patch-release-status"))?;
     }
+    // After the status that ended the release is stored: a crash in between only repeats this.
+    cancel_task_runs(ctx, release, &task_runs, &plan.status, &seen).await?;
     for (stage, verdict, category) in &plan.decided {
         let labels = VerdictLabels {
             stage: stage.clone(),
@@ -156,6 +158,55 @@ async fn sign_if_due(
             }
         }
     }
+}
+
+/// Asks Tekton to cancel the release's TaskRuns that are still running after it ended.
+async fn cancel_task_runs(
+    ctx: &Ctx,
+    release: &ModelRelease,
+    api_: &Api<TaskRun>,
+    status: &crate::api::ModelReleaseStatus,
+    seen: &[TaskRun],
+) -> Result<(), Error> {
+    let why = conditions::get(&status.conditions, conditions::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    for tr in release_plan::to_cancel(release, status, seen) {
+        let name = tr.name_any();
+        let patch = json!({"spec": {"status": crate::tekton::CANCELLED,
+            "statusMessage": format!("cancelled by Sluice: {why}")}});
+        match api_
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // Gone already (history pruning, deletion): nothing left to stop.
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(api("cancel-taskrun")(e)),
+        }
+        ctx.metrics.task_runs_cancelled.inc();
+        let related = ObjectReference {
+            api_version: Some("tekton.dev/v1".into()),
+            kind: Some("TaskRun".into()),
+            name: Some(name.clone()),
+            namespace: release.namespace(),
+            ..ObjectReference::default()
+        };
+        let note = format!(
+            "cancelled TaskRun {name}: the release ended ({})",
+            status.phase.as_str()
+        );
+        ctx.publish(
+            release,
+            false,
+            "TaskRunCancelled",
+            "Cancel",
+            note,
+            Some(related),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// Those of `planned` whose names are already taken.
@@ -430,6 +481,45 @@ mod tests {
         })
         .await;
         assert!(result.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_blocked_release_cancels_its_taskruns_still_running() {
+        let trs = vec![
+            fixtures::running_task_run("unit-tests"),
+            fixtures::finished_task_run(
+                "dependency-audit",
+                true,
+                &[("FINDINGS", r#"{"critical":1}"#)],
+            ),
+        ];
+        let result = run(fixtures::release(), |mut server| async move {
+            serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), trs).await;
+            let patch = server.expect(Method::PATCH, STATUS_URI).await;
+            assert_eq!(patch.body["status"]["phase"], "Blocked");
+            let body = with_status(&patch.body);
+            patch.ok(&body);
+            let cancel = server
+                .expect(
+                    Method::PATCH,
+                    &format!("{TASKRUNS_URI}/predictor-42-unit-tests"),
+                )
+                .await;
+            assert_eq!(cancel.body["spec"]["status"], "TaskRunCancelled");
+            let message = cancel.body["spec"]["statusMessage"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(message.contains("dependency-audit"), "{message}");
+            let tr = serde_json::to_value(fixtures::running_task_run("unit-tests")).expect("json");
+            cancel.ok(&tr);
+            server.expect_event("TaskRunCancelled").await;
+            server.expect_event("GateBlocked").await;
+            server.expect_event("Blocked").await;
+            server
+        })
+        .await;
+        assert!(result.is_ok(), "{result:?}");
     }
 
     #[tokio::test]

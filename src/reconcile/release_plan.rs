@@ -292,6 +292,9 @@ impl<'a> Builder<'a> {
             .rollout
             .as_ref()
             .and_then(|r| r.target_url.as_deref());
+        if tr.spec.status.as_deref() == Some(tekton::CANCELLED) && self.status.phase.is_final() {
+            return cancelled(stage, tr);
+        }
         if let Some(problem) = tekton::provenance_problem(
             tr,
             self.release,
@@ -527,6 +530,50 @@ pub fn judge_task_run(
     Some((entry, verdict))
 }
 
+/// A stage Sluice cancelled because the release ended: skipped, not judged; still running until
+/// Tekton has stopped it.
+fn cancelled(stage: &Stage, tr: &TaskRun) -> StageStatus {
+    let outcome = tekton::outcome(tr);
+    let done = outcome.is_some();
+    StageStatus {
+        name: stage.name.clone(),
+        task_run: tr.metadata.name.clone(),
+        state: outcome.map_or(StageState::Running, state_of),
+        gate: done.then_some(Verdict::Skipped),
+        findings: None,
+        tests: None,
+        exceptions_applied: Vec::new(),
+        reason: Some(if done {
+            "cancelled: the release was blocked by another stage".into()
+        } else {
+            "cancelling: the release was blocked by another stage".into()
+        }),
+        completed_at: tr.status.as_ref().and_then(|s| s.completion_time.clone()),
+    }
+}
+
+/// The release's own TaskRuns still running once it has ended (blocked, rolled back, failed):
+/// their verdicts can no longer change anything, so they are cancelled.
+pub fn to_cancel<'a>(
+    release: &ModelRelease,
+    status: &ModelReleaseStatus,
+    task_runs: &'a [TaskRun],
+) -> Vec<&'a TaskRun> {
+    if !status.phase.is_final() {
+        return Vec::new();
+    }
+    let uid = release.uid();
+    task_runs
+        .iter()
+        .filter(|tr| tekton::outcome(tr).is_none() && tr.spec.status.is_none())
+        .filter(|tr| {
+            tr.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+        })
+        .collect()
+}
+
 fn state_of(outcome: gates::RunOutcome) -> StageState {
     match outcome {
         gates::RunOutcome::Succeeded => StageState::Succeeded,
@@ -738,6 +785,58 @@ mod tests {
             fixtures::test_now(),
         );
         assert_eq!(p.status.phase, Phase::Signing);
+    }
+
+    #[test]
+    fn a_cancelled_stage_of_a_blocked_release_is_skipped_not_judged() {
+        let mut unit = fixtures::running_task_run("unit-tests");
+        let trs = vec![
+            unit.clone(),
+            fixtures::finished_task_run(
+                "dependency-audit",
+                true,
+                &[("FINDINGS", r#"{"critical":1}"#)],
+            ),
+        ];
+        let p = plan(
+            &fixtures::release(),
+            Some(&fixtures::pipeline()),
+            &trs,
+            fixtures::test_now(),
+        );
+        assert_eq!(p.status.phase, Phase::Blocked);
+        let cancel = to_cancel(&fixtures::release(), &p.status, &trs);
+        assert_eq!(cancel.len(), 1);
+        assert_eq!(
+            cancel[0].metadata.name.as_deref(),
+            Some("predictor-42-unit-tests")
+        );
+
+        // Tekton stopped it: the stage reads as cancelled and skipped, and nothing is left to cancel.
+        unit.spec.status = Some(tekton::CANCELLED.into());
+        if let Some(s) = unit.status.as_mut() {
+            s.conditions[0].status = "False".into();
+            s.conditions[0].reason = Some("TaskRunCancelled".into());
+        }
+        let mut release = fixtures::release();
+        release.status = Some(p.status);
+        let trs = vec![unit, trs[1].clone()];
+        let again = plan(
+            &release,
+            Some(&fixtures::pipeline()),
+            &trs,
+            fixtures::test_now(),
+        );
+        let entry = stage_of(&again, "unit-tests");
+        assert_eq!(entry.gate, Some(Verdict::Skipped));
+        assert_eq!(entry.state, StageState::Cancelled);
+        assert!(to_cancel(&release, &again.status, &trs).is_empty());
+        let ready = conditions::get(&again.status.conditions, conditions::READY).expect("Ready");
+        assert!(
+            ready.message.contains("dependency-audit"),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]
