@@ -249,7 +249,7 @@ pub fn provenance_problem(
     let expected = build(release, pipeline, stage, image, target_url).spec;
     if !same_task(tr.spec.task_ref.as_ref(), expected.task_ref.as_ref()) {
         return Some(format!(
-            "TaskRun {name} does not run the Task stage {} names; its results are not trusted",
+            "TaskRun {name} does not run the Task stage {} names (was the pipeline changed during the release?); its results are not trusted",
             stage.name
         ));
     }
@@ -258,7 +258,7 @@ pub fn provenance_problem(
     let unexpected = tr.spec.params.iter().find(|p| !expected.params.contains(p));
     if let Some(p) = missing.or(unexpected) {
         return Some(format!(
-            "TaskRun {name} does not pass stage {}'s parameter {} as Sluice would; its results are not trusted",
+            "TaskRun {name} does not pass stage {}'s parameter {} as Sluice would (was the pipeline changed during the release?); its results are not trusted",
             stage.name, p.name
         ));
     }

@@ -142,6 +142,22 @@ async fn a_clean_release_rolls_out_the_signed_digest_and_is_released() -> anyhow
             ns.name
         ))
     );
+    assert_deployment_event(&ns, "SluiceRollout")?;
+    Ok(())
+}
+
+/// `kubectl describe deployment` shows an Event of that reason from Sluice.
+fn assert_deployment_event(ns: &TestNamespace, reason: &str) -> anyhow::Result<()> {
+    let reasons = ns.kubectl(&[
+        "get",
+        "events.events.k8s.io",
+        "-o",
+        r#"jsonpath={range .items[?(@.regarding.kind=="Deployment")]}{.reason}{" "}{end}"#,
+    ])?;
+    assert!(
+        reasons.split_whitespace().any(|r| r == reason),
+        "no {reason} Event on the Deployment: {reasons}"
+    );
     Ok(())
 }
 
@@ -380,6 +396,7 @@ async fn pods_that_never_become_ready_roll_back_to_the_previous_image() -> anyho
         ("False", "RolloutFailed")
     );
     ns.wait_available(TIMEOUT).await?;
+    assert_deployment_event(&ns, "SluiceRollback")?;
     Ok(())
 }
 

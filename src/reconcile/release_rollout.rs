@@ -195,10 +195,27 @@ impl<'a> Rollout<'a> {
         );
         // force: the image field belongs to whoever created the Deployment; Sluice takes only it.
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        self.deployments()
+        let dep = self
+            .deployments()
             .patch(self.target(), &params, &Patch::Apply(&body))
             .await
             .map_err(api("apply-deployment-image"))?;
+        // On the Deployment too, so `kubectl describe deployment` tells who changed its image.
+        let rollback = release != Some(self.release.name_any().as_str());
+        let (reason, verb) = if rollback {
+            ("SluiceRollback", "restored")
+        } else {
+            ("SluiceRollout", "rolled out")
+        };
+        let note = format!(
+            "Sluice {verb} container {} to {image} (release {})",
+            self.release.spec.target.container,
+            self.release.name_any()
+        );
+        let related = kube::Resource::object_ref(self.release, &());
+        self.ctx
+            .publish(&dep, rollback, reason, "Rollout", note, Some(related))
+            .await;
         Ok(())
     }
 
