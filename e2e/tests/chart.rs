@@ -93,13 +93,51 @@ async fn the_chart_installs_under_restricted_and_its_rbac_suffices_for_a_release
     let chart = ChartNamespace::new().await?;
     let ns = chart.name.as_str();
 
-    // Everything the chart renders, CRDs included, passes the API server's own validation.
+    // Everything the chart renders, CRDs included, passes the API server's own validation; with
+    // a standby replica that includes a PodDisruptionBudget.
     let rendered = render(ns, true)?;
     run(
         "kubectl",
         &["apply", "--dry-run=server", "--server-side", "-f", "-"],
         Some(&rendered),
     )?;
+    assert!(!rendered.contains("kind: PodDisruptionBudget"));
+    let two = run(
+        "helm",
+        &[
+            "template",
+            "sluice",
+            "charts/sluice",
+            "--namespace",
+            ns,
+            "--kube-version",
+            "1.36.0",
+            "--set",
+            "replicaCount=2",
+        ],
+        None,
+    )?;
+    assert!(two.contains("kind: PodDisruptionBudget"), "{two}");
+    run(
+        "kubectl",
+        &["apply", "--dry-run=server", "--server-side", "-f", "-"],
+        Some(&two),
+    )?;
+    let three = run(
+        "helm",
+        &[
+            "template",
+            "sluice",
+            "charts/sluice",
+            "--set",
+            "replicaCount=3",
+        ],
+        None,
+    );
+    assert!(
+        three.is_err_and(|e| e.to_string().contains("replicaCount")),
+        "values.schema.json refuses 3 replicas"
+    );
 
     // The restricted policy is enforced here: a privileged pod is refused...
     let refused = run(
