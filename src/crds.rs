@@ -2,15 +2,21 @@
 
 use std::{fs, path::Path};
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use serde_json::Value;
 
 use crate::api::{ModelRelease, SecurePipeline};
 
+/// Every CRD Sluice owns, in a stable order.
+pub fn all() -> [CustomResourceDefinition; 2] {
+    [SecurePipeline::crd(), ModelRelease::crd()]
+}
+
 /// (file name, YAML) of each CRD, in a stable order.
 pub fn rendered() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    let crds = [SecurePipeline::crd(), ModelRelease::crd()];
-    crds.iter()
+    all()
+        .iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
             let mut value = serde_json::to_value(crd)

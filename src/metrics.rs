@@ -82,7 +82,7 @@ pub struct Metrics {
     pub verdicts: Family<VerdictLabels, Counter>,
     /// TaskRuns created.
     pub task_runs_created: Counter,
-    /// Running TaskRuns cancelled because their release was blocked.
+    /// Running TaskRuns cancelled because their release ended.
     pub task_runs_cancelled: Counter,
     /// Duration of signing (registry check, signing, push).
     pub signing_duration: Histogram,
@@ -141,7 +141,7 @@ impl Default for Metrics {
         );
         registry.register(
             "taskruns_cancelled",
-            "Running TaskRuns cancelled because their release was blocked",
+            "Running TaskRuns cancelled because their release ended",
             task_runs_cancelled.clone(),
         );
         registry.register("releases", "ModelReleases by phase", releases.clone());

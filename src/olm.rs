@@ -5,11 +5,8 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 use anyhow::{Context, bail};
-use kube::CustomResourceExt;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-
-use crate::api::{ModelRelease, SecurePipeline};
 
 /// The OLM package and its only channel.
 pub const PACKAGE: &str = "sluice";
@@ -249,7 +246,7 @@ fn fill_owned_crds(spec: &mut Map<String, Value>) -> anyhow::Result<()> {
         .and_then(|c| c.get_mut("owned"))
         .and_then(Value::as_array_mut)
         .context("the base CSV lists no owned CRDs")?;
-    let crds = [SecurePipeline::crd(), ModelRelease::crd()];
+    let crds = crate::crds::all();
     if owned.len() != crds.len() {
         bail!(
             "the base CSV describes {} owned CRDs; Sluice has {}",

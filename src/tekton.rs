@@ -233,12 +233,8 @@ pub fn provenance_problem(
     target_url: Option<&str>,
 ) -> Option<String> {
     let name = tr.name_any();
-    let controller = tr
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true));
-    if controller.map(|o| o.uid.as_str()) != release.uid().as_deref() {
-        let by = controller.map_or_else(
+    if !controlled_by(tr, release) {
+        let by = controller(tr).map_or_else(
             || "nothing".to_string(),
             |o| format!("{} {}", o.kind, o.name),
         );
@@ -263,6 +259,19 @@ pub fn provenance_problem(
         ));
     }
     None
+}
+
+/// Whether `release` is the controller owner of `tr` (the owner reference `build` sets).
+pub fn controlled_by(tr: &TaskRun, release: &ModelRelease) -> bool {
+    release
+        .uid()
+        .is_some_and(|uid| controller(tr).is_some_and(|o| o.uid == uid))
+}
+
+fn controller(tr: &TaskRun) -> Option<&OwnerReference> {
+    tr.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
 }
 
 /// Tekton's defaulting fills in `kind: Task`; anything else must be exactly what the stage says.

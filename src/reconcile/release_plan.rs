@@ -287,14 +287,14 @@ impl<'a> Builder<'a> {
         let Some(tr) = tr else {
             return waiting(stage, "waiting for the stages it runs after");
         };
+        if tr.spec.status.as_deref() == Some(tekton::CANCELLED) && self.status.phase.is_final() {
+            return cancelled(stage, tr, self.status.phase);
+        }
         let target_url = self
             .status
             .rollout
             .as_ref()
             .and_then(|r| r.target_url.as_deref());
-        if tr.spec.status.as_deref() == Some(tekton::CANCELLED) && self.status.phase.is_final() {
-            return cancelled(stage, tr);
-        }
         if let Some(problem) = tekton::provenance_problem(
             tr,
             self.release,
@@ -530,9 +530,9 @@ pub fn judge_task_run(
     Some((entry, verdict))
 }
 
-/// A stage Sluice cancelled because the release ended: skipped, not judged; still running until
-/// Tekton has stopped it.
-fn cancelled(stage: &Stage, tr: &TaskRun) -> StageStatus {
+/// A stage Sluice cancelled because the release ended in `phase`: skipped, not judged; still
+/// running until Tekton has stopped it.
+fn cancelled(stage: &Stage, tr: &TaskRun, phase: Phase) -> StageStatus {
     let outcome = tekton::outcome(tr);
     let done = outcome.is_some();
     StageStatus {
@@ -543,11 +543,11 @@ fn cancelled(stage: &Stage, tr: &TaskRun) -> StageStatus {
         findings: None,
         tests: None,
         exceptions_applied: Vec::new(),
-        reason: Some(if done {
-            "cancelled: the release was blocked by another stage".into()
-        } else {
-            "cancelling: the release was blocked by another stage".into()
-        }),
+        reason: Some(format!(
+            "{}: the release ended {}",
+            if done { "cancelled" } else { "cancelling" },
+            phase.as_str()
+        )),
         completed_at: tr.status.as_ref().and_then(|s| s.completion_time.clone()),
     }
 }
@@ -562,15 +562,10 @@ pub fn to_cancel<'a>(
     if !status.phase.is_final() {
         return Vec::new();
     }
-    let uid = release.uid();
     task_runs
         .iter()
         .filter(|tr| tekton::outcome(tr).is_none() && tr.spec.status.is_none())
-        .filter(|tr| {
-            tr.owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
-        })
+        .filter(|tr| tekton::controlled_by(tr, release))
         .collect()
 }
 
