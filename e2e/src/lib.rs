@@ -388,17 +388,8 @@ impl TestNamespace {
         type_: &str,
         status: &str,
     ) -> Result<Condition> {
-        let api = self.api::<ModelRelease>();
-        let what = format!("release {name}: {type_}={status}");
-        wait_condition(&what, type_, status, async || {
-            Ok(api
-                .get(name)
-                .await?
-                .status
-                .map(|s| s.conditions)
-                .unwrap_or_default())
-        })
-        .await
+        self.condition::<ModelRelease>(name, type_, status, |r| r.status.map(|s| s.conditions))
+            .await
     }
 
     /// Waits until the SecurePipeline `name` has the condition `type_` with `status`; returns it.
@@ -408,15 +399,27 @@ impl TestNamespace {
         type_: &str,
         status: &str,
     ) -> Result<Condition> {
-        let api = self.api::<SecurePipeline>();
-        let what = format!("pipeline {name}: {type_}={status}");
+        self.condition::<SecurePipeline>(name, type_, status, |p| p.status.map(|s| s.conditions))
+            .await
+    }
+
+    async fn condition<K>(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        conditions: impl Fn(K) -> Option<Vec<Condition>>,
+    ) -> Result<Condition>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api = self.api::<K>();
+        let what = format!("{} {name}: {type_}={status}", K::kind(&()));
         wait_condition(&what, type_, status, async || {
-            Ok(api
-                .get(name)
-                .await?
-                .status
-                .map(|s| s.conditions)
-                .unwrap_or_default())
+            Ok(conditions(api.get(name).await?).unwrap_or_default())
         })
         .await
     }

@@ -20,7 +20,8 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Stri
     run_program(&tool(program)?, args, stdin)
 }
 
-fn render(namespace: &str, include_crds: bool) -> anyhow::Result<String> {
+/// `helm template` of the chart into `namespace`, with extra `helm` arguments (`--set ...`).
+fn render(namespace: &str, include_crds: bool, extra: &[&str]) -> anyhow::Result<String> {
     let mut args = vec![
         "template",
         "sluice",
@@ -33,7 +34,18 @@ fn render(namespace: &str, include_crds: bool) -> anyhow::Result<String> {
     if include_crds {
         args.push("--include-crds");
     }
+    args.extend_from_slice(extra);
     run("helm", &args, None)
+}
+
+/// Server-side dry-run of `manifests` on the e2e API server.
+fn dry_run(manifests: &str) -> anyhow::Result<()> {
+    run(
+        "kubectl",
+        &["apply", "--dry-run=server", "--server-side", "-f", "-"],
+        Some(manifests),
+    )
+    .map(drop)
 }
 
 /// A namespace for the chart, labelled to enforce the restricted Pod Security Standard.
@@ -60,7 +72,7 @@ impl Drop for ChartNamespace {
     // Client created on it would wait forever for that runtime's tasks.
     fn drop(&mut self) {
         // The chart's cluster-scoped objects (ClusterRoles and their binding) go too.
-        if let Ok(rendered) = render(&self.name, false) {
+        if let Ok(rendered) = render(&self.name, false, &[]) {
             let _ = run(
                 "kubectl",
                 &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
@@ -95,45 +107,13 @@ async fn the_chart_installs_under_restricted_and_its_rbac_suffices_for_a_release
 
     // Everything the chart renders, CRDs included, passes the API server's own validation; with
     // a standby replica that includes a PodDisruptionBudget.
-    let rendered = render(ns, true)?;
-    run(
-        "kubectl",
-        &["apply", "--dry-run=server", "--server-side", "-f", "-"],
-        Some(&rendered),
-    )?;
+    let rendered = render(ns, true, &[])?;
+    dry_run(&rendered)?;
     assert!(!rendered.contains("kind: PodDisruptionBudget"));
-    let two = run(
-        "helm",
-        &[
-            "template",
-            "sluice",
-            "charts/sluice",
-            "--namespace",
-            ns,
-            "--kube-version",
-            "1.36.0",
-            "--set",
-            "replicaCount=2",
-        ],
-        None,
-    )?;
+    let two = render(ns, false, &["--set", "replicaCount=2"])?;
     assert!(two.contains("kind: PodDisruptionBudget"), "{two}");
-    run(
-        "kubectl",
-        &["apply", "--dry-run=server", "--server-side", "-f", "-"],
-        Some(&two),
-    )?;
-    let three = run(
-        "helm",
-        &[
-            "template",
-            "sluice",
-            "charts/sluice",
-            "--set",
-            "replicaCount=3",
-        ],
-        None,
-    );
+    dry_run(&two)?;
+    let three = render(ns, false, &["--set", "replicaCount=3"]);
     assert!(
         three.is_err_and(|e| e.to_string().contains("replicaCount")),
         "values.schema.json refuses 3 replicas"
@@ -159,7 +139,11 @@ async fn the_chart_installs_under_restricted_and_its_rbac_suffices_for_a_release
         "{refused:?}"
     );
     // ...and the chart's pod is admitted and becomes Ready.
-    run("kubectl", &["apply", "-f", "-"], Some(&render(ns, false)?))?;
+    run(
+        "kubectl",
+        &["apply", "-f", "-"],
+        Some(&render(ns, false, &[])?),
+    )?;
     let deployments: Api<Deployment> = Api::namespaced(sluice_e2e::client().await?, ns);
     eventually(
         "the chart's Deployment available",

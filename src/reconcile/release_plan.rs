@@ -632,6 +632,16 @@ mod tests {
     use super::*;
     use crate::fixtures;
 
+    /// Plans `release` against the fixture pipeline at the fixture clock.
+    fn plan_at_fixture_time(release: &ModelRelease, task_runs: &[TaskRun]) -> Plan {
+        plan(
+            release,
+            Some(&fixtures::pipeline()),
+            task_runs,
+            fixtures::test_now(),
+        )
+    }
+
     fn all_passed() -> Vec<TaskRun> {
         let digest = format!("sha256:{}", "c".repeat(64));
         vec![
@@ -658,12 +668,7 @@ mod tests {
     #[test]
     fn passing_every_gate_asks_for_signing_and_a_signature_makes_it_signed() {
         let trs = all_passed();
-        let p = plan(
-            &fixtures::release(),
-            Some(&fixtures::pipeline()),
-            &trs,
-            fixtures::test_now(),
-        );
+        let p = plan_at_fixture_time(&fixtures::release(), &trs);
         assert_eq!(p.status.phase, Phase::Signing);
         let ready = conditions::get(&p.status.conditions, conditions::READY).expect("Ready");
         assert_eq!(ready.reason, reason::SIGNING);
@@ -678,12 +683,7 @@ mod tests {
             signed_at: "2026-11-23T12:00:00Z".into(),
         });
         release.status = Some(status);
-        let signed = plan(
-            &release,
-            Some(&fixtures::pipeline()),
-            &trs,
-            fixtures::test_now(),
-        );
+        let signed = plan_at_fixture_time(&release, &trs);
         assert!(conditions::is_true(
             &signed.status.conditions,
             conditions::SIGNED
@@ -711,12 +711,7 @@ mod tests {
         let mut trs = all_passed();
         // Passing results, but made by someone else under the stage's name.
         trs[1].metadata.owner_references = None;
-        let p = plan(
-            &fixtures::release(),
-            Some(&fixtures::pipeline()),
-            &trs,
-            fixtures::test_now(),
-        );
+        let p = plan_at_fixture_time(&fixtures::release(), &trs);
         assert_eq!(p.status.phase, Phase::Blocked);
         let audit = stage_of(&p, "dependency-audit");
         assert_eq!(audit.gate, Some(Verdict::Blocked));
@@ -740,12 +735,7 @@ mod tests {
             .find(|p| p.name == "SOURCE_REVISION")
             .expect("param");
         revision.value = "0000000".into();
-        let p = plan(
-            &fixtures::release(),
-            Some(&fixtures::pipeline()),
-            &trs,
-            fixtures::test_now(),
-        );
+        let p = plan_at_fixture_time(&fixtures::release(), &trs);
         let tests = stage_of(&p, "unit-tests");
         assert_eq!(tests.gate, Some(Verdict::Blocked));
         assert!(
@@ -755,12 +745,7 @@ mod tests {
 
         let mut trs = all_passed();
         trs[1].spec.task_ref.as_mut().expect("taskRef").name = Some("always-clean".into());
-        let p = plan(
-            &fixtures::release(),
-            Some(&fixtures::pipeline()),
-            &trs,
-            fixtures::test_now(),
-        );
+        let p = plan_at_fixture_time(&fixtures::release(), &trs);
         let audit = stage_of(&p, "dependency-audit");
         assert!(
             audit
@@ -773,12 +758,7 @@ mod tests {
         for tr in &mut trs {
             tr.spec.task_ref.as_mut().expect("taskRef").kind = Some("Task".into());
         }
-        let p = plan(
-            &fixtures::release(),
-            Some(&fixtures::pipeline()),
-            &trs,
-            fixtures::test_now(),
-        );
+        let p = plan_at_fixture_time(&fixtures::release(), &trs);
         assert_eq!(p.status.phase, Phase::Signing);
     }
 
@@ -793,12 +773,7 @@ mod tests {
                 &[("FINDINGS", r#"{"critical":1}"#)],
             ),
         ];
-        let p = plan(
-            &fixtures::release(),
-            Some(&fixtures::pipeline()),
-            &trs,
-            fixtures::test_now(),
-        );
+        let p = plan_at_fixture_time(&fixtures::release(), &trs);
         assert_eq!(p.status.phase, Phase::Blocked);
         let cancel = to_cancel(&fixtures::release(), &p.status, &trs);
         assert_eq!(cancel.len(), 1);
@@ -816,12 +791,7 @@ mod tests {
         let mut release = fixtures::release();
         release.status = Some(p.status);
         let trs = vec![unit, trs[1].clone()];
-        let again = plan(
-            &release,
-            Some(&fixtures::pipeline()),
-            &trs,
-            fixtures::test_now(),
-        );
+        let again = plan_at_fixture_time(&release, &trs);
         let entry = stage_of(&again, "unit-tests");
         assert_eq!(entry.gate, Some(Verdict::Skipped));
         assert_eq!(entry.state, StageState::Cancelled);
@@ -836,12 +806,7 @@ mod tests {
 
     #[test]
     fn a_signing_failure_stalls_or_blocks() {
-        let p = plan(
-            &fixtures::release(),
-            Some(&fixtures::pipeline()),
-            &all_passed(),
-            fixtures::test_now(),
-        );
+        let p = plan_at_fixture_time(&fixtures::release(), &all_passed());
         let mut stalled = p.status.clone();
         signing_failed(
             &fixtures::release(),
@@ -875,12 +840,7 @@ mod tests {
 
     #[test]
     fn planning_again_from_the_written_status_changes_nothing() {
-        let first = plan(
-            &fixtures::release(),
-            Some(&fixtures::pipeline()),
-            &[],
-            fixtures::test_now(),
-        );
+        let first = plan_at_fixture_time(&fixtures::release(), &[]);
         let mut release = fixtures::release();
         release.status = Some(first.status.clone());
         let running = [
