@@ -525,6 +525,14 @@ mod tests {
     use super::*;
     use crate::{api::release::ImageRef, fixtures};
 
+    fn audit_stage(p: &SecurePipeline) -> &crate::api::Stage {
+        p.spec
+            .stages
+            .iter()
+            .find(|s| s.name == "dependency-audit")
+            .expect("stage")
+    }
+
     fn ts(s: &str) -> Timestamp {
         s.parse().expect("timestamp")
     }
@@ -594,12 +602,7 @@ mod tests {
         let names: Vec<String> = released(&p, &all).iter().map(|r| r.name_any()).collect();
         assert_eq!(names, ["c-1", "p-2"]);
 
-        let stage = p
-            .spec
-            .stages
-            .iter()
-            .find(|s| s.name == "dependency-audit")
-            .expect("stage");
+        let stage = audit_stage(&p);
         let tr = task_run(&all[1], &p, stage, ts("2026-11-23T03:00:00Z"));
         let labels = tr.metadata.labels.clone().unwrap_or_default();
         assert_eq!(labels.get(LABEL_RESCAN_OF).map(String::as_str), Some("p-2"));
@@ -616,12 +619,7 @@ mod tests {
     fn only_rescan_taskruns_sluice_made_are_judged() {
         let p = fixtures::pipeline();
         let release = released_release("p-2", "2026-11-21T00:00:00Z", "predictor");
-        let stage = p
-            .spec
-            .stages
-            .iter()
-            .find(|s| s.name == "dependency-audit")
-            .expect("stage");
+        let stage = audit_stage(&p);
         let at = ts("2026-11-23T03:00:00Z");
         let finished = |mut tr: TaskRun| {
             tr.status = Some(
