@@ -17,6 +17,7 @@ pub mod rollout;
 pub mod signing;
 pub mod tekton;
 pub mod telemetry;
+pub mod text;
 
 #[cfg(test)]
 mod fixtures;

@@ -17,6 +17,16 @@ pub fn task_run_name(release: &str, stage: &str) -> String {
     format!("{prefix}-{hash}")
 }
 
+/// The TaskRun of a stage's attempt: the first is `task_run_name`, a retry after an
+/// infrastructure failure gets `-retry<N>` so the failed one stays as evidence.
+pub fn attempt_name(release: &str, stage: &str, attempt: u32) -> String {
+    if attempt == 0 {
+        task_run_name(release, stage)
+    } else {
+        task_run_name(release, &format!("{stage}-retry{attempt}"))
+    }
+}
+
 fn hex8(s: &str) -> String {
     Sha256::digest(s.as_bytes())[..4]
         .iter()

@@ -202,7 +202,10 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
         })
         .run(
             reconcile::release::reconcile,
-            |_, e, ctx| reconcile::error_policy(reconcile::release::CONTROLLER, e, &ctx.metrics),
+            |obj, e, ctx| {
+                let failures = ctx.failures.get(&reconcile::object_key(&*obj));
+                reconcile::error_policy(reconcile::release::CONTROLLER, e, failures, &ctx.metrics)
+            },
             ctx.clone(),
         )
         .for_each(|_| async {});
@@ -228,7 +231,10 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
         })
         .run(
             reconcile::pipeline::reconcile,
-            |_, e, ctx| reconcile::error_policy(reconcile::pipeline::CONTROLLER, e, &ctx.metrics),
+            |obj, e, ctx| {
+                let failures = ctx.failures.get(&reconcile::object_key(&*obj));
+                reconcile::error_policy(reconcile::pipeline::CONTROLLER, e, failures, &ctx.metrics)
+            },
             ctx,
         )
         .for_each(|_| async {});

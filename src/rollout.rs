@@ -9,8 +9,7 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::api::{
-    ANNOTATION_APPROVED_DIGEST, ANNOTATION_RELEASE, ModelRelease, Phase,
-    conditions::{self, reason},
+    ANNOTATION_APPROVED_DIGEST, ANNOTATION_RELEASE, ModelRelease, Phase, conditions::reason,
     release::Approval,
 };
 
@@ -150,14 +149,58 @@ pub fn service_url(dep: &Deployment, services: &[Service]) -> Option<String> {
     ))
 }
 
+/// Deployment annotation naming the release that holds the rollout claim, as `<name>/<uid>`. Only
+/// the holder writes the Deployment's image; the claim is taken and given back with a
+/// resourceVersion precondition, so two releases can never both believe they hold it.
+pub const ANNOTATION_CLAIM: &str = "sluice.dev/rollout-claim";
+
+/// Who holds a Deployment's rollout claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Name of the holding ModelRelease.
+    pub release: String,
+    /// Its UID: a release deleted and created again under the same name is another holder.
+    pub uid: String,
+}
+
+/// The claim value a release writes.
+pub fn claim_value(release: &ModelRelease) -> String {
+    format!(
+        "{}/{}",
+        release.name_any(),
+        release.metadata.uid.as_deref().unwrap_or_default()
+    )
+}
+
+/// The claim recorded on `dep`, if any.
+pub fn claim_of(dep: &Deployment) -> Option<Claim> {
+    let value = dep.annotations().get(ANNOTATION_CLAIM)?;
+    let (release, uid) = value.rsplit_once('/')?;
+    Some(Claim {
+        release: release.to_string(),
+        uid: uid.to_string(),
+    })
+}
+
+/// Whether `release` holds the claim on `dep`.
+pub fn holds_claim(dep: &Deployment, release: &ModelRelease) -> bool {
+    claim_of(dep).is_some_and(|c| Some(c.uid.as_str()) == release.metadata.uid.as_deref())
+}
+
+/// A merge patch that sets (or, with None, removes) the claim, valid only against the
+/// Deployment's `resource_version`: the API server answers 409 if anyone wrote it since.
+pub fn claim_patch(resource_version: &str, value: Option<&str>) -> Value {
+    json!({"metadata": {"resourceVersion": resource_version, "annotations": {ANNOTATION_CLAIM: value}}})
+}
+
 /// Whose turn it is to roll out the target Deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Turn {
-    /// This release may roll out.
+    /// This release may take the claim (or already holds it).
     Go,
-    /// Another release of the same Deployment is rolling out.
+    /// Another release holds the claim and is still rolling out, verifying or rolling back.
     Wait(String),
-    /// A newer release of the same Deployment passed its gates.
+    /// A newer release of the same Deployment reached `Released`.
     Superseded(String),
 }
 
@@ -171,30 +214,97 @@ fn newer(a: &ModelRelease, b: &ModelRelease) -> bool {
     key(a) > key(b)
 }
 
-/// Decides the turn of `me` among the releases in its namespace. Only releases that have not
-/// started their rollout can be superseded, so an older one never overwrites a newer one.
-pub fn turn(me: &ModelRelease, all: &[ModelRelease]) -> Turn {
-    let rivals = all.iter().filter(|r| {
-        r.name_any() != me.name_any() && r.spec.target.deployment == me.spec.target.deployment
-    });
-    let mut newest_passed: Option<&ModelRelease> = None;
-    for r in rivals {
-        let status = r.status.clone().unwrap_or_default();
-        if matches!(
-            status.phase,
-            Phase::RollingOut | Phase::Verifying | Phase::RollingBack
-        ) {
-            return Turn::Wait(r.name_any());
+/// Decides the turn of `me` from the Deployment's claim and the releases in its namespace (read
+/// fresh: see the caller). A claim whose holder has ended or no longer exists is stale and may be
+/// taken over; only a newer release that actually reached `Released` supersedes `me`.
+pub fn turn(me: &ModelRelease, dep: &Deployment, all: &[ModelRelease]) -> Turn {
+    let target = &me.spec.target.deployment;
+    if let Some(claim) = claim_of(dep) {
+        if Some(claim.uid.as_str()) == me.metadata.uid.as_deref() {
+            return Turn::Go;
         }
-        let passed = conditions::is_true(&status.conditions, conditions::GATES_PASSED);
-        if passed && newer(r, me) && newest_passed.is_none_or(|n| newer(r, n)) {
-            newest_passed = Some(r);
+        let holder = all
+            .iter()
+            .find(|r| r.metadata.uid.as_deref() == Some(claim.uid.as_str()));
+        if let Some(h) = holder.filter(|h| !h.status.as_ref().is_some_and(|s| s.phase.is_final())) {
+            return Turn::Wait(h.name_any());
         }
     }
-    match newest_passed {
+    let newest_released = all
+        .iter()
+        .filter(|r| r.name_any() != me.name_any() && &r.spec.target.deployment == target)
+        .filter(|r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Released)
+        })
+        .filter(|r| newer(r, me))
+        .max_by(|a, b| {
+            if newer(a, b) {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Less
+            }
+        });
+    match newest_released {
         Some(r) => Turn::Superseded(r.name_any()),
         None => Turn::Go,
     }
+}
+
+/// What a rollout (or a rollback) should do next, seen from the Deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The Deployment still shows the image this step replaces: write `to` (the holder's own
+    /// write that a restart interrupted).
+    Apply,
+    /// The Deployment runs `to`; how far it got.
+    Follow(Progress),
+    /// Someone else changed the image to this one: never written over.
+    Replaced(String),
+    /// This release does not hold the claim (any more).
+    NotClaimed,
+}
+
+/// The next step of moving `container` of `dep` from image `from` to image `to` for `me`.
+pub fn step(dep: &Deployment, me: &ModelRelease, container: &str, from: &str, to: &str) -> Step {
+    if !holds_claim(dep, me) {
+        return Step::NotClaimed;
+    }
+    match container_image(dep, container) {
+        Some(current) if current == to => Step::Follow(Progress::InProgress(String::new())),
+        Some(current) if current == from => Step::Apply,
+        Some(current) => Step::Replaced(current),
+        None => Step::Replaced(String::new()),
+    }
+}
+
+/// Sluice's own rollout deadline: a rollout (or rollback) not complete `deadline_seconds` after
+/// it was applied fails, whatever the Deployment's own progress deadline says (a paused or stuck
+/// Deployment never reports one).
+pub fn past_deadline(since: Option<Timestamp>, now: Timestamp, deadline_seconds: u32) -> bool {
+    since.is_some_and(|since| now.duration_since(since).as_secs() >= i64::from(deadline_seconds))
+}
+
+/// Whether a released Deployment is still healthy while its post-deploy stages run: every
+/// replica of the new template available and none left over. Returns why not.
+pub fn unhealthy(dep: &Deployment) -> Option<String> {
+    let wanted = dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let status = dep.status.clone().unwrap_or_default();
+    let generation = dep.metadata.generation.unwrap_or(0);
+    if status.observed_generation.unwrap_or(0) < generation {
+        return Some(format!(
+            "Deployment {} changed (generation {generation}) while its release was being verified",
+            dep.name_any()
+        ));
+    }
+    let available = status.available_replicas.unwrap_or(0);
+    let unavailable = status.unavailable_replicas.unwrap_or(0);
+    (available < wanted || unavailable > 0).then(|| {
+        format!(
+            "pods of the new ReplicaSet became unavailable while verifying: {available} of {wanted} available"
+        )
+    })
 }
 
 /// Checks `approval: manual`: the annotation must name exactly the signed digest. Returns the
@@ -321,52 +431,149 @@ mod tests {
         assert!(restore["spec"]["template"].get("metadata").is_none());
     }
 
-    fn release(name: &str, created: &str, phase: Phase, gates_passed: bool) -> ModelRelease {
+    fn release(name: &str, created: &str, phase: Phase) -> ModelRelease {
         let mut r = fixtures::release();
         r.metadata.name = Some(name.into());
+        r.metadata.uid = Some(format!("uid-{name}"));
         r.metadata.creation_timestamp = Some(Time(created.parse().expect("time")));
-        let mut status = crate::api::ModelReleaseStatus {
+        r.status = Some(crate::api::ModelReleaseStatus {
             phase,
             ..Default::default()
-        };
-        if gates_passed {
-            let now = Time(created.parse().expect("time"));
-            conditions::set(
-                &mut status.conditions,
-                conditions::GATES_PASSED,
-                true,
-                "GatesPassed",
-                "",
-                Some(1),
-                &now,
-            );
-        }
-        r.status = Some(status);
+        });
         r
     }
 
+    fn claimed_by(holder: Option<&ModelRelease>) -> Deployment {
+        let mut dep = deployment(1, status(1, 2, 2, 2));
+        dep.metadata.resource_version = Some("7".into());
+        if let Some(h) = holder {
+            dep.metadata.annotations = Some(BTreeMap::from([(
+                ANNOTATION_CLAIM.to_string(),
+                claim_value(h),
+            )]));
+        }
+        dep
+    }
+
     #[test]
-    fn one_rollout_per_deployment_and_the_newest_passed_release_wins() {
-        let old = release("p-1", "2026-11-23T10:00:00Z", Phase::Signing, true);
-        let new = release("p-2", "2026-11-23T11:00:00Z", Phase::Running, false);
-        assert_eq!(turn(&old, &[old.clone(), new.clone()]), Turn::Go);
-        let new_passed = release("p-2", "2026-11-23T11:00:00Z", Phase::Signing, true);
+    fn a_claim_held_by_a_live_release_makes_every_other_release_wait() {
+        let old = release("p-1", "2026-11-23T10:00:00Z", Phase::RollingOut);
+        let new = release("p-2", "2026-11-23T11:00:00Z", Phase::Signing);
+        let dep = claimed_by(Some(&old));
         assert_eq!(
-            turn(&old, &[old.clone(), new_passed.clone()]),
-            Turn::Superseded("p-2".into())
-        );
-        assert_eq!(
-            turn(&new_passed, &[old.clone(), new_passed.clone()]),
-            Turn::Go
-        );
-        let rolling = release("p-1", "2026-11-23T10:00:00Z", Phase::RollingOut, true);
-        assert_eq!(
-            turn(&new_passed, &[rolling, new_passed.clone()]),
+            turn(&new, &dep, &[old.clone(), new.clone()]),
             Turn::Wait("p-1".into())
         );
-        let mut elsewhere = new_passed.clone();
+        assert_eq!(
+            turn(&old, &dep, &[old.clone(), new.clone()]),
+            Turn::Go,
+            "the holder goes on"
+        );
+        assert!(holds_claim(&dep, &old) && !holds_claim(&dep, &new));
+    }
+
+    #[test]
+    fn a_claim_whose_holder_ended_or_is_gone_is_stale() {
+        let ended = release("p-1", "2026-11-23T10:00:00Z", Phase::RolledBack);
+        let new = release("p-2", "2026-11-23T11:00:00Z", Phase::Signing);
+        let dep = claimed_by(Some(&ended));
+        assert_eq!(turn(&new, &dep, &[ended.clone(), new.clone()]), Turn::Go);
+        assert_eq!(turn(&new, &dep, std::slice::from_ref(&new)), Turn::Go);
+        // Same name, another object: the claim was the old object's.
+        let mut again = ended.clone();
+        again.metadata.uid = Some("uid-other".into());
+        again.status = Some(crate::api::ModelReleaseStatus {
+            phase: Phase::Signing,
+            ..Default::default()
+        });
+        assert_eq!(turn(&again, &dep, std::slice::from_ref(&again)), Turn::Go);
+    }
+
+    #[test]
+    fn only_a_newer_release_that_reached_released_supersedes() {
+        let old = release("p-1", "2026-11-23T10:00:00Z", Phase::Signing);
+        let dep = claimed_by(None);
+        for (phase, expected) in [
+            (Phase::Signing, Turn::Go),
+            (Phase::Blocked, Turn::Go),
+            (Phase::RolledBack, Turn::Go),
+            (Phase::Failed, Turn::Go),
+            (Phase::Released, Turn::Superseded("p-2".into())),
+        ] {
+            let new = release("p-2", "2026-11-23T11:00:00Z", phase);
+            assert_eq!(
+                turn(&old, &dep, &[old.clone(), new.clone()]),
+                expected,
+                "{phase:?}"
+            );
+        }
+        // An older Released release never supersedes a newer one.
+        let older = release("p-0", "2026-11-23T09:00:00Z", Phase::Released);
+        assert_eq!(turn(&old, &dep, &[older, old.clone()]), Turn::Go);
+        let mut elsewhere = release("p-3", "2026-11-23T12:00:00Z", Phase::Released);
         elsewhere.spec.target.deployment = "other".into();
-        assert_eq!(turn(&old, &[old.clone(), elsewhere]), Turn::Go);
+        assert_eq!(turn(&old, &dep, &[old.clone(), elsewhere]), Turn::Go);
+    }
+
+    #[test]
+    fn the_claim_patch_carries_the_resource_version_precondition() {
+        assert_eq!(
+            claim_patch("7", Some("p-1/u")),
+            json!({"metadata": {"resourceVersion": "7", "annotations": {"sluice.dev/rollout-claim": "p-1/u"}}})
+        );
+        assert_eq!(
+            claim_patch("8", None)["metadata"]["annotations"]["sluice.dev/rollout-claim"],
+            Value::Null
+        );
+    }
+
+    fn with_image(mut dep: Deployment, image: &str) -> Deployment {
+        let spec = dep.spec.get_or_insert_with(Default::default);
+        spec.template.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            containers: vec![k8s_openapi::api::core::v1::Container {
+                name: "server".into(),
+                image: Some(image.into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        dep
+    }
+
+    #[test]
+    fn a_step_writes_only_over_the_image_it_recorded_and_only_with_the_claim() {
+        let me = release("p-1", "2026-11-23T10:00:00Z", Phase::RollingOut);
+        let other = release("p-2", "2026-11-23T11:00:00Z", Phase::RollingOut);
+        let (old, new) = ("r/x@sha256:aa", "r/x@sha256:bb");
+        let mine = claimed_by(Some(&me));
+        assert_eq!(
+            step(&with_image(mine.clone(), old), &me, "server", old, new),
+            Step::Apply
+        );
+        assert!(matches!(
+            step(&with_image(mine.clone(), new), &me, "server", old, new),
+            Step::Follow(_)
+        ));
+        assert_eq!(
+            step(&with_image(mine, "r/x@sha256:cc"), &me, "server", old, new),
+            Step::Replaced("r/x@sha256:cc".into())
+        );
+        let theirs = with_image(claimed_by(Some(&other)), old);
+        assert_eq!(step(&theirs, &me, "server", old, new), Step::NotClaimed);
+    }
+
+    #[test]
+    fn sluice_deadline_and_health() {
+        let applied: Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
+        let at = |secs: i64| applied + jiff::SignedDuration::from_secs(secs);
+        assert!(!past_deadline(Some(applied), at(599), 600));
+        assert!(past_deadline(Some(applied), at(600), 600));
+        assert!(!past_deadline(None, at(6000), 600));
+        assert_eq!(unhealthy(&deployment(3, status(3, 2, 2, 2))), None);
+        assert!(
+            unhealthy(&deployment(3, status(3, 2, 2, 1))).is_some_and(|m| m.contains("1 of 2"))
+        );
+        assert!(unhealthy(&deployment(4, status(3, 2, 2, 2))).is_some());
     }
 
     #[test]

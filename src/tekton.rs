@@ -151,6 +151,24 @@ pub fn outcome(tr: &TaskRun) -> Option<RunOutcome> {
     }
 }
 
+/// Tekton's reasons for a TaskRun that failed before any step of it ran: the Task could not be
+/// resolved or read, or its pod could not be created or started. An API server's or a
+/// registry's bad minute causes these; a step's own failure is reported as `Failed`.
+const TRANSIENT_FAILURES: &[&str] = &[
+    "TaskRunResolutionFailed",
+    "CouldntGetTask",
+    "PodCreationFailed",
+    "PodAdmissionFailed",
+    "TaskRunImagePullFailed",
+    "CreateContainerConfigError",
+    "ExceededNodeResources",
+];
+
+/// Whether a TaskRun's failure reason is an infrastructure failure worth retrying.
+pub fn is_transient_failure(reason: &str) -> bool {
+    TRANSIENT_FAILURES.contains(&reason)
+}
+
 /// The results of a TaskRun for the gates.
 pub fn results(tr: &TaskRun) -> StageResults {
     StageResults::new(
@@ -346,10 +364,10 @@ pub fn image_tag(revision: &str) -> String {
             }
         })
         .collect();
-    tag.truncate(128);
+    crate::text::truncate(&mut tag, 128);
     if tag.starts_with(['.', '-']) {
         tag.insert(0, 'r');
-        tag.truncate(128);
+        crate::text::truncate(&mut tag, 128);
     }
     tag
 }

@@ -71,6 +71,16 @@ pub mod reason {
     pub const ROLLED_BACK: &str = "RolledBack";
     /// Restoring the previous image failed too.
     pub const ROLLBACK_FAILED: &str = "RollbackFailed";
+    /// The rollout did not complete within Sluice's own deadline.
+    pub const ROLLOUT_DEADLINE_EXCEEDED: &str = "RolloutDeadlineExceeded";
+    /// Pods of the new ReplicaSet went unavailable while the release was verified.
+    pub const UNHEALTHY: &str = "Unhealthy";
+    /// Someone else changed the Deployment's image during the rollout.
+    pub const IMAGE_REPLACED: &str = "ImageReplaced";
+    /// The release lost its claim on the Deployment during the rollout.
+    pub const CLAIM_LOST: &str = "ClaimLost";
+    /// The ModelRelease was deleted while its image was rolling out or being verified.
+    pub const DELETED: &str = "Deleted";
     /// A rescan found what the gates now block.
     pub const VULNERABLE: &str = "Vulnerable";
     /// `spec.rescan` cannot be used.

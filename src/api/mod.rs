@@ -19,3 +19,6 @@ pub const FIELD_MANAGER: &str = "sluice";
 pub const ANNOTATION_RELEASE: &str = "sluice.dev/release";
 /// ModelRelease annotation approving exactly one signed digest for rollout (`approval: manual`).
 pub const ANNOTATION_APPROVED_DIGEST: &str = "sluice.dev/approved-digest";
+/// Finalizer on a ModelRelease from the moment it may touch its Deployment until it has let go
+/// of the rollout claim: deleting the release first undoes a rollout still in flight.
+pub const FINALIZER_ROLLOUT: &str = "sluice.dev/rollout";

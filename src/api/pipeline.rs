@@ -73,6 +73,9 @@ pub struct SecurePipelineSpec {
     /// How many finished releases keep their TaskRuns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<HistorySpec>,
+    /// How long Sluice lets a rollout (or rollback) take before it gives up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
     /// ServiceAccount the stage TaskRuns run as (Tekton's default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
@@ -287,6 +290,14 @@ pub struct TestsGate {
     #[serde(default)]
     #[schemars(range(min = 0, max = 1_000_000))]
     pub max_failures: u32,
+    /// Fewest tests that must have run (passed, failed or warned); a run that collected fewer blocks (1 by default; 0 accepts an empty run).
+    #[serde(default = "default_min_tests")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub min_tests: u32,
+}
+
+fn default_min_tests() -> u32 {
+    1
 }
 
 /// Gate on security findings: a highest allowed severity, per-severity maximums, or both.
@@ -387,6 +398,32 @@ pub enum OnFinding {
     Report,
     /// Also restore the last release that still passes.
     Rollback,
+}
+
+/// Sluice's own limits on a rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutPolicy {
+    /// Seconds a rollout or rollback may take from the image write until every replica is available; past it the release rolls back (default 600).
+    #[serde(default = "default_rollout_deadline")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub deadline_seconds: u32,
+}
+
+/// The rollout deadline when the pipeline sets none.
+pub const DEFAULT_ROLLOUT_DEADLINE_SECONDS: u32 = 600;
+
+fn default_rollout_deadline() -> u32 {
+    DEFAULT_ROLLOUT_DEADLINE_SECONDS
+}
+
+impl SecurePipelineSpec {
+    /// Sluice's rollout deadline for this pipeline, in seconds.
+    pub fn rollout_deadline_seconds(&self) -> u32 {
+        self.rollout
+            .as_ref()
+            .map_or(DEFAULT_ROLLOUT_DEADLINE_SECONDS, |r| r.deadline_seconds)
+    }
 }
 
 /// Retention of finished releases' TaskRuns.

@@ -43,7 +43,9 @@ use super::pipeline::LocalObjectRef;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.pipelineRef == oldSelf.pipelineRef && self.revision == oldSelf.revision && self.target == oldSelf.target").message("pipelineRef, revision and target are immutable: create a new ModelRelease to release something else")
+    validation = Rule::new("self.pipelineRef == oldSelf.pipelineRef && self.revision == oldSelf.revision && self.target == oldSelf.target").message("pipelineRef, revision and target are immutable: create a new ModelRelease to release something else"),
+    validation = Rule::new("self.approval == oldSelf.approval").message("approval is immutable: an approval mode changed mid-release would skip or strand the approval step; create a new ModelRelease"),
+    validation = Rule::new("has(self.model) == has(oldSelf.model) && (!has(self.model) || self.model == oldSelf.model)").message("model is immutable: it is recorded in the signature; create a new ModelRelease for another model")
 )]
 pub struct ModelReleaseSpec {
     /// The SecurePipeline, in the same namespace, whose stages this release must pass.
@@ -279,6 +281,17 @@ pub struct StageStatus {
     /// When the TaskRun finished (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
+    /// TaskRuns of this stage that failed for an infrastructure reason (not a step's own failure) and were retried.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+    /// When the next attempt starts (RFC 3339), while a retry waits out its backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// An image by digest.
@@ -340,6 +353,26 @@ pub struct ModelReleaseStatus {
     /// The latest scheduled re-audit of this release, once run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rescan: Option<RescanStatus>,
+    /// The SecurePipeline as it was when the release started; this release is judged, signed and rolled out by it, whatever later edits say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineSnapshot>,
+}
+
+/// A copy of the pipeline a release started with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineSnapshot {
+    /// metadata.generation of the SecurePipeline when it was copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// Its spec at that generation.
+    #[schemars(schema_with = "opaque_object")]
+    pub spec: crate::api::SecurePipelineSpec,
+}
+
+/// An object the API server stores as given: the snapshot was validated as a SecurePipeline.
+fn opaque_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
 
 /// The rollout of a release's image to its target Deployment.

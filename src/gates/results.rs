@@ -307,9 +307,7 @@ pub fn strip_tag_and_digest(reference: &str) -> &str {
 
 fn json_detail(e: &serde_json::Error) -> String {
     // serde_json's message names the offending field or type, never the whole input.
-    let mut detail = e.to_string();
-    detail.truncate(200);
-    detail
+    crate::text::bounded(&e.to_string(), 200)
 }
 
 #[cfg(test)]
@@ -357,6 +355,27 @@ mod tests {
         ] {
             let err = findings(&results(&[(FINDINGS, json!(bad))])).expect_err(bad);
             assert_eq!(err.category(), "ResultMalformed", "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_multi_byte_character_at_every_offset_of_an_error_detail_never_panics() {
+        // serde_json echoes an unknown field's name in its message, which is cut at 200 bytes.
+        for pad in 0..=210 {
+            for ch in ["é", "€", "😀"] {
+                let field = format!("{}{}{}", "x".repeat(pad), ch.repeat(80), "y");
+                let bad = format!(r#"{{"critical":0,"{field}":1}}"#);
+                let err = findings(&results(&[(FINDINGS, json!(bad))])).expect_err("unknown field");
+                let ResultError::Malformed { detail, .. } = &err else {
+                    panic!("{err:?}");
+                };
+                assert!(detail.len() <= 200, "{pad}: {} bytes", detail.len());
+                let tests =
+                    format!(r#"{{"result":"SUCCESS","successes":1,"failures":0,"{field}":1}}"#);
+                let err =
+                    test_output(&results(&[(TEST_OUTPUT, json!(tests))])).expect_err("unknown");
+                assert_eq!(err.category(), "ResultMalformed");
+            }
         }
     }
 

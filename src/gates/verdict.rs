@@ -83,8 +83,7 @@ pub fn judge(
     match outcome {
         RunOutcome::Succeeded => {}
         RunOutcome::Failed { reason, message } => {
-            let mut message = message.clone();
-            message.truncate(300);
+            let message = crate::text::bounded(message, 300);
             return GateVerdict::blocked(
                 "StepFailed",
                 format!("stage {name}: TaskRun failed ({reason}): {message}"),
@@ -166,6 +165,13 @@ fn judge_results(
 fn tests_violation(gate: &TestsGate, output: &results::TestOutput) -> Option<String> {
     if output.result == TestResult::Error {
         return Some("the test run reported ERROR".to_string());
+    }
+    let ran = u64::from(output.successes) + u64::from(output.failures) + u64::from(output.warnings);
+    if ran < u64::from(gate.min_tests) {
+        return Some(format!(
+            "{ran} tests ran, fewer than the {} required (minTests); a run that collected no test proves nothing",
+            gate.min_tests
+        ));
     }
     (output.failures > gate.max_failures).then(|| {
         format!(
@@ -502,7 +508,10 @@ mod tests {
     #[test]
     fn tests_gate() {
         let s = stage(Some(Gate {
-            tests: Some(TestsGate { max_failures: 1 }),
+            tests: Some(TestsGate {
+                max_failures: 1,
+                min_tests: 1,
+            }),
             findings: None,
         }));
         let out = |t: &str| StageResults::new(vec![(results::TEST_OUTPUT.into(), json!(t))]);
@@ -530,6 +539,35 @@ mod tests {
             ctx(&[]),
         );
         assert_eq!(error.category, "TestsFailed");
+    }
+
+    #[test]
+    fn a_run_that_collected_no_test_blocks_unless_min_tests_is_zero() {
+        let out = |t: &str| StageResults::new(vec![(results::TEST_OUTPUT.into(), json!(t))]);
+        let empty = out(r#"{"result":"SUCCESS","successes":0,"failures":0}"#);
+        let gate = |min_tests| {
+            stage(Some(Gate {
+                tests: Some(TestsGate {
+                    max_failures: 0,
+                    min_tests,
+                }),
+                findings: None,
+            }))
+        };
+        let blocked = judge(&gate(1), &RunOutcome::Succeeded, &empty, ctx(&[]));
+        assert_eq!(blocked.verdict, Verdict::Blocked);
+        assert_eq!(blocked.category, "TestsFailed");
+        assert!(blocked.reason.contains("0 tests ran"), "{}", blocked.reason);
+        let allowed = judge(&gate(0), &RunOutcome::Succeeded, &empty, ctx(&[]));
+        assert_eq!(allowed.verdict, Verdict::Passed);
+        // A default gate, as `tests: {}` reads from YAML, requires one test.
+        let parsed: TestsGate = serde_json::from_value(json!({})).expect("defaults");
+        assert_eq!(parsed.min_tests, 1);
+        let three = out(r#"{"result":"SUCCESS","successes":2,"failures":0,"warnings":1}"#);
+        assert_eq!(
+            judge(&gate(3), &RunOutcome::Succeeded, &three, ctx(&[])).verdict,
+            Verdict::Passed
+        );
     }
 
     #[test]

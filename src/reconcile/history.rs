@@ -15,11 +15,17 @@ use crate::{
     tekton::TaskRun,
 };
 
-/// Finished releases of `pipeline` older than its newest `keep` finished ones.
+/// Finished releases of `pipeline` older than its newest `keep` finished ones. The release each
+/// Deployment runs (its newest Released one) never expires, whatever `keep` says: its TaskRuns
+/// and its rescans are the evidence for what is live.
 pub fn expired(pipeline: &SecurePipeline, releases: &[ModelRelease]) -> BTreeSet<String> {
     let Some(keep) = pipeline.spec.history.as_ref().map(|h| h.keep as usize) else {
         return BTreeSet::new();
     };
+    let live: BTreeSet<String> = rescan::released(pipeline, releases)
+        .into_iter()
+        .map(ResourceExt::name_any)
+        .collect();
     let name = pipeline.name_any();
     let mut finished: Vec<&ModelRelease> = releases
         .iter()
@@ -32,7 +38,12 @@ pub fn expired(pipeline: &SecurePipeline, releases: &[ModelRelease]) -> BTreeSet
             r.name_any(),
         ))
     });
-    finished.iter().skip(keep).map(|r| r.name_any()).collect()
+    finished
+        .iter()
+        .skip(keep)
+        .map(|r| r.name_any())
+        .filter(|r| !live.contains(r))
+        .collect()
 }
 
 /// Rescan TaskRuns older than the two latest scheduled runs of their release (the newest may still
@@ -133,6 +144,19 @@ mod tests {
             expired(&p, &all).into_iter().collect::<Vec<_>>(),
             ["r1", "r2"]
         );
+    }
+
+    #[test]
+    fn the_release_a_deployment_runs_never_expires() {
+        let mut p = fixtures::pipeline();
+        p.spec.history = Some(HistorySpec { keep: 1 });
+        let all = [
+            release("r1", 1, Phase::Released),
+            release("r2", 2, Phase::Released),
+            release("r3", 3, Phase::Blocked),
+        ];
+        // keep: 1 keeps r3; r2 is what the Deployment runs, so its TaskRuns and rescans stay.
+        assert_eq!(expired(&p, &all).into_iter().collect::<Vec<_>>(), ["r1"]);
     }
 
     #[test]

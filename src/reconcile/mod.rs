@@ -36,6 +36,8 @@ pub struct Context {
     pub now: fn() -> Timestamp,
     /// Registries (host:port) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Consecutive failed reconciles per object, for the backoff.
+    pub failures: FailureCounts,
 }
 
 impl Context {
@@ -51,6 +53,7 @@ impl Context {
             metrics,
             now: Timestamp::now,
             insecure_registries: Vec::new(),
+            failures: FailureCounts::default(),
         }
     }
 
@@ -66,13 +69,7 @@ impl Context {
     ) {
         let mut note = note;
         // The Events API limits notes to 1 kB.
-        if note.len() > 1000 {
-            let mut cut = 1000;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-        }
+        crate::text::truncate(&mut note, 1000);
         let event = Event {
             type_: if warning {
                 EventType::Warning
@@ -105,6 +102,12 @@ pub enum Error {
     /// The object has no namespace (cannot happen for these namespaced kinds).
     #[error("object has no namespace")]
     NoNamespace,
+    /// A write's precondition failed: the object changed since it was read. Retried soon.
+    #[error("{0}: the object changed since it was read")]
+    Stale(&'static str),
+    /// The reconcile panicked; the process lives on and this object backs off.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -113,6 +116,8 @@ impl Error {
         match self {
             Error::Api { action, .. } => action,
             Error::NoNamespace => "no-namespace",
+            Error::Stale(action) => action,
+            Error::Panicked(_) => "panic",
         }
     }
 }
@@ -122,8 +127,14 @@ pub fn api(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Api { action, source }
 }
 
-/// Requeue policy for a failed reconcile: conflicts retry soon, other API errors back off.
-pub fn error_policy(controller: &'static str, error: &Error, metrics: &SharedMetrics) -> Action {
+/// Requeue policy for a failed reconcile: conflicts retry soon; other failures back off
+/// exponentially per object (`failures` is how many reconciles of it failed in a row).
+pub fn error_policy(
+    controller: &'static str,
+    error: &Error,
+    failures: u32,
+    metrics: &SharedMetrics,
+) -> Action {
     metrics
         .failures
         .get_or_create(&ErrorLabels {
@@ -131,32 +142,110 @@ pub fn error_policy(controller: &'static str, error: &Error, metrics: &SharedMet
             category: error.category(),
         })
         .inc();
-    warn!(controller, error = %error, "reconcile failed");
+    warn!(controller, error = %error, failures, "reconcile failed");
     match error {
         Error::Api {
             source: kube::Error::Api(status),
             ..
         } if status.code == 409 => Action::requeue(Duration::from_secs(1)),
-        Error::Api { .. } => Action::requeue(Duration::from_secs(15)),
+        Error::Stale(_) => Action::requeue(Duration::from_secs(1)),
         Error::NoNamespace => Action::await_change(),
+        Error::Api { .. } | Error::Panicked(_) => Action::requeue(backoff(failures)),
     }
 }
 
-/// Counts and times one reconcile of `controller`.
-pub async fn timed(
+/// 2 s doubling per consecutive failure, at most 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 2u64.saturating_pow(failures.clamp(1, 16)).min(300);
+    Duration::from_secs(secs)
+}
+
+/// Consecutive failed reconciles per object, so one bad object backs off alone.
+#[derive(Default)]
+pub struct FailureCounts(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl FailureCounts {
+    /// Records the outcome of a reconcile of `key`; returns the failures in a row so far.
+    pub fn record(&self, key: &str, failed: bool) -> u32 {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failed {
+            let n = map.entry(key.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        } else {
+            map.remove(key);
+            0
+        }
+    }
+
+    /// Failures in a row of `key`.
+    pub fn get(&self, key: &str) -> u32 {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Counts and times one reconcile of `obj` by `controller`. A panic inside it is caught here: it
+/// becomes an error of this object only (a Warning event, a failure metric and a backoff), never
+/// the end of the process that every other release depends on.
+pub async fn timed<K>(
     ctx: &Ctx,
     controller: &'static str,
+    obj: &K,
     reconcile: impl std::future::Future<Output = Result<Action, Error>>,
-) -> Result<Action, Error> {
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    use futures::FutureExt;
     let labels = ControllerLabels { controller };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();
-    let result = reconcile.await;
+    let result = match std::panic::AssertUnwindSafe(reconcile).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let what = panic_message(payload.as_ref());
+            tracing::error!(controller, panic = %what, "reconcile panicked; backing off this object");
+            let note = format!(
+                "Sluice hit an internal error while reconciling this object and will retry with backoff: {what}"
+            );
+            ctx.publish(obj, true, "ReconcilePanicked", "Reconcile", note, None)
+                .await;
+            Err(Error::Panicked(what))
+        }
+    };
     ctx.metrics
         .duration
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
+    let key = object_key(obj);
+    ctx.failures.record(&key, result.is_err());
     result
+}
+
+/// The namespace/name of an object, the key of its failure count.
+pub fn object_key<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(ToString::to_string)
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    crate::text::bounded(&text, 300)
 }
 
 /// Shared handle to the context.

@@ -36,7 +36,13 @@ pub struct References {
 
 /// Reconciles one SecurePipeline.
 pub async fn reconcile(pipeline: Arc<SecurePipeline>, ctx: Ctx) -> Result<Action, Error> {
-    super::timed(&ctx, CONTROLLER, reconcile_inner(&pipeline, &ctx)).await
+    super::timed(
+        &ctx,
+        CONTROLLER,
+        &*pipeline,
+        reconcile_inner(&pipeline, &ctx),
+    )
+    .await
 }
 
 async fn reconcile_inner(pipeline: &SecurePipeline, ctx: &Ctx) -> Result<Action, Error> {

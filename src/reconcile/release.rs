@@ -24,7 +24,7 @@ pub const CONTROLLER: &str = "modelrelease";
 
 /// Reconciles one ModelRelease.
 pub async fn reconcile(release: Arc<ModelRelease>, ctx: Ctx) -> Result<Action, Error> {
-    super::timed(&ctx, CONTROLLER, reconcile_inner(&release, &ctx)).await
+    super::timed(&ctx, CONTROLLER, &*release, reconcile_inner(&release, &ctx)).await
 }
 
 async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Error> {
@@ -33,10 +33,11 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
     let pipelines: Api<SecurePipeline> = Api::namespaced(ctx.client.clone(), &ns);
     let task_runs: Api<TaskRun> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let pipeline = pipelines
+    let live = pipelines
         .get_opt(&release.spec.pipeline_ref.name)
         .await
         .map_err(api("get-pipeline"))?;
+    let pipeline = release_plan::effective_pipeline(release, live.as_ref());
     let owned = task_runs
         .list(&ListParams::default().labels(&format!("{LABEL_RELEASE}={name}")))
         .await
@@ -60,7 +61,9 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
         conditions::keep_transition_times(&mut plan.status.conditions, &old.conditions);
     }
 
-    for tr in &plan.create {
+    // A release being deleted starts nothing new: its owner is going away.
+    let deleting = release.metadata.deletion_timestamp.is_some();
+    for tr in plan.create.iter().filter(|_| !deleting) {
         create_task_run(&task_runs, tr).await?;
         ctx.metrics.task_runs_created.inc();
     }
@@ -243,10 +246,21 @@ async fn create_task_run(api_: &Api<TaskRun>, tr: &TaskRun) -> Result<(), Error>
 fn next_action(status: &crate::api::ModelReleaseStatus, pipeline_found: bool) -> Action {
     let waiting_turn = conditions::get(&status.conditions, conditions::READY)
         .is_some_and(|c| c.reason == conditions::reason::WAITING_FOR_ROLLOUT);
+    let retrying = status.stages.iter().any(|s| s.retry_at.is_some());
     if status.phase.is_final() {
         Action::await_change()
-    } else if matches!(status.phase, Phase::RollingOut | Phase::RollingBack) || waiting_turn {
-        // Deployment events trigger reconciles too; this bounds the wait if one is missed.
+    } else if retrying {
+        // A stage waits out its retry backoff: come back when it may start.
+        Action::requeue(Duration::from_secs(
+            super::release_plan::RETRY_BACKOFF_SECONDS.unsigned_abs(),
+        ))
+    } else if matches!(
+        status.phase,
+        Phase::RollingOut | Phase::Verifying | Phase::RollingBack
+    ) || waiting_turn
+    {
+        // Deployment events trigger reconciles too; this bounds the wait if one is missed and
+        // checks Sluice's own rollout deadline and the health of a release being verified.
         Action::requeue(Duration::from_secs(5))
     } else if !pipeline_found {
         // The pipeline watch also triggers us; this is a safety net.

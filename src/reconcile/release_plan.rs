@@ -12,7 +12,7 @@ use crate::{
         ModelRelease, ModelReleaseStatus, Phase, SecurePipeline, Stage,
         conditions::{self, reason},
         pipeline::Produces,
-        release::{ImageRef, StageState, StageStatus, Verdict},
+        release::{ImageRef, PipelineSnapshot, StageState, StageStatus, Verdict},
     },
     dag,
     gates::{self, GateContext},
@@ -76,6 +76,23 @@ pub fn pipeline_problem(pipeline: &SecurePipeline) -> Option<Unusable> {
     })
 }
 
+/// The pipeline that judges `release`: the copy recorded when it started, else the live one (a
+/// release is judged against the pipeline as it was when it started; later edits apply to new
+/// releases, and a pipeline deleted mid-release strands nothing).
+pub fn effective_pipeline(
+    release: &ModelRelease,
+    live: Option<&SecurePipeline>,
+) -> Option<SecurePipeline> {
+    let Some(snapshot) = release.status.as_ref().and_then(|s| s.pipeline.as_ref()) else {
+        return live.cloned();
+    };
+    let mut pipeline = SecurePipeline::new(&release.spec.pipeline_ref.name, snapshot.spec.clone());
+    pipeline.metadata.namespace = release.namespace();
+    pipeline.metadata.generation = snapshot.generation;
+    pipeline.metadata.uid = live.and_then(|l| l.metadata.uid.clone());
+    Some(pipeline)
+}
+
 /// Plans one reconcile of `release`, given its pipeline (None when it does not exist) and the
 /// TaskRuns labelled with its name.
 pub fn plan(
@@ -97,7 +114,15 @@ pub fn plan(
         }),
         Some(p) => match pipeline_problem(p) {
             Some(problem) => builder.stalled(problem),
-            None => builder.run_stages(p, task_runs),
+            None => {
+                if builder.status.pipeline.is_none() {
+                    builder.status.pipeline = Some(PipelineSnapshot {
+                        generation: p.metadata.generation,
+                        spec: p.spec.clone(),
+                    });
+                }
+                builder.run_stages(p, task_runs);
+            }
         },
     }
     builder.finish(&old)
@@ -161,7 +186,7 @@ impl<'a> Builder<'a> {
             .stages
             .iter()
             .filter_map(|s| {
-                let name = names::task_run_name(&release_name, &s.name);
+                let name = names::attempt_name(&release_name, &s.name, self.retries_of(s));
                 task_runs
                     .iter()
                     .find(|tr| tr.metadata.name.as_deref() == Some(name.as_str()))
@@ -240,17 +265,23 @@ impl<'a> Builder<'a> {
                 entry.state = StageState::NotRun;
                 entry.gate = Some(Verdict::Skipped);
                 entry.reason = Some("not run: the release was blocked by another stage".into());
-            } else if may_start && dag::is_ready(stage, &passed) {
+            } else if may_start && dag::is_ready(stage, &passed) && self.retry_due(entry) {
                 let url = target_url.as_deref().filter(|_| stage.is_post_deploy());
-                let tr = tekton::build(
+                let mut tr = tekton::build(
                     self.release,
                     pipeline,
                     stage,
                     self.status.image.as_ref(),
                     url,
                 );
+                tr.metadata.name = Some(names::attempt_name(
+                    &self.release.name_any(),
+                    &stage.name,
+                    entry.retries,
+                ));
                 entry.state = StageState::Running;
                 entry.reason = None;
+                entry.retry_at = None;
                 entry.task_run = tr.metadata.name.clone();
                 self.notices.push(Notice {
                     warning: false,
@@ -284,7 +315,17 @@ impl<'a> Builder<'a> {
         {
             return prev.clone();
         }
+        let retries = self.retries_of(stage);
         let Some(tr) = tr else {
+            // A retry waiting out its backoff keeps its entry until its TaskRun exists.
+            if let Some(prev) = self
+                .status
+                .stages
+                .iter()
+                .find(|e| e.name == stage.name && e.retries > 0)
+            {
+                return prev.clone();
+            }
             return waiting(stage, "waiting for the stages it runs after");
         };
         if tr.spec.status.as_deref() == Some(tekton::CANCELLED) && self.status.phase.is_final() {
@@ -305,7 +346,10 @@ impl<'a> Builder<'a> {
         ) {
             return self.untrusted(stage, tr, problem);
         }
-        let Some((entry, verdict)) = judge_task_run(stage, tr, ctx) else {
+        if let Some(retry) = self.retry(stage, tr, retries) {
+            return retry;
+        }
+        let Some((mut entry, verdict)) = judge_task_run(stage, tr, ctx) else {
             return StageStatus {
                 name: stage.name.clone(),
                 task_run: tr.metadata.name.clone(),
@@ -316,8 +360,20 @@ impl<'a> Builder<'a> {
                 exceptions_applied: Vec::new(),
                 reason: None,
                 completed_at: None,
+                retries,
+                retry_at: None,
             };
         };
+        entry.retries = retries;
+        if retries > 0
+            && let Some(reason) = entry.reason.as_mut()
+        {
+            reason.push_str(&format!(
+                " (attempt {} of {})",
+                retries + 1,
+                MAX_RETRIES + 1
+            ));
+        }
         if let (Verdict::Passed, Some(image)) = (verdict.verdict, verdict.image) {
             self.status.image = Some(ImageRef {
                 repository: image.repository,
@@ -337,6 +393,64 @@ impl<'a> Builder<'a> {
             task_run: tr.metadata.name.clone(),
         });
         entry
+    }
+
+    /// How many times `stage` was retried so far, from the stored status.
+    fn retries_of(&self, stage: &Stage) -> u32 {
+        self.status
+            .stages
+            .iter()
+            .find(|e| e.name == stage.name)
+            .map_or(0, |e| e.retries)
+    }
+
+    /// Whether a waiting stage may start now: a retry waits out its backoff.
+    fn retry_due(&self, entry: &StageStatus) -> bool {
+        entry
+            .retry_at
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .is_none_or(|at| self.now >= at)
+    }
+
+    /// A TaskRun that failed for an infrastructure reason (Tekton could not resolve the Task or
+    /// create the pod: not a step's own failure) is retried with backoff, a bounded number of
+    /// times, instead of blocking the release; the stage's status says so.
+    fn retry(&mut self, stage: &Stage, tr: &TaskRun, retries: u32) -> Option<StageStatus> {
+        let gates::RunOutcome::Failed { reason, message } = tekton::outcome(tr)? else {
+            return None;
+        };
+        if !tekton::is_transient_failure(&reason) || retries >= MAX_RETRIES {
+            return None;
+        }
+        let wait = jiff::SignedDuration::from_secs(RETRY_BACKOFF_SECONDS << retries);
+        let at = self.now.checked_add(wait).unwrap_or(self.now);
+        let why = format!(
+            "stage {}: TaskRun {} failed for an infrastructure reason ({reason}: {}); retry {} of {MAX_RETRIES} at {at}",
+            stage.name,
+            tr.name_any(),
+            crate::text::bounded(&message, 200),
+            retries + 1
+        );
+        self.notices.push(Notice {
+            warning: true,
+            reason: "StageRetrying",
+            note: why.clone(),
+            task_run: tr.metadata.name.clone(),
+        });
+        Some(StageStatus {
+            name: stage.name.clone(),
+            task_run: tr.metadata.name.clone(),
+            state: StageState::Waiting,
+            gate: None,
+            findings: None,
+            tests: None,
+            exceptions_applied: Vec::new(),
+            reason: Some(why),
+            completed_at: None,
+            retries: retries + 1,
+            retry_at: Some(at.to_string()),
+        })
     }
 
     /// Blocks `stage` on a TaskRun whose results cannot be trusted.
@@ -360,6 +474,8 @@ impl<'a> Builder<'a> {
             exceptions_applied: Vec::new(),
             reason: Some(reason),
             completed_at: tr.status.as_ref().and_then(|s| s.completion_time.clone()),
+            retries: 0,
+            retry_at: None,
         }
     }
 
@@ -526,6 +642,8 @@ pub fn judge_task_run(
         exceptions_applied: verdict.exceptions_applied.clone(),
         reason: Some(verdict.reason.clone()),
         completed_at: tr.status.as_ref().and_then(|s| s.completion_time.clone()),
+        retries: 0,
+        retry_at: None,
     };
     Some((entry, verdict))
 }
@@ -549,6 +667,8 @@ fn cancelled(stage: &Stage, tr: &TaskRun, phase: Phase) -> StageStatus {
             phase.as_str()
         )),
         completed_at: tr.status.as_ref().and_then(|s| s.completion_time.clone()),
+        retries: 0,
+        retry_at: None,
     }
 }
 
@@ -578,6 +698,11 @@ fn state_of(outcome: gates::RunOutcome) -> StageState {
     }
 }
 
+/// Retries of a stage whose TaskRun failed for an infrastructure reason, before it blocks.
+pub const MAX_RETRIES: u32 = 3;
+/// Backoff before the first retry, doubled for each further one.
+pub const RETRY_BACKOFF_SECONDS: i64 = 10;
+
 /// The verdict category of a stage whose TaskRun Sluice did not make as the stage says.
 pub const UNTRUSTED_TASK_RUN: &str = "UntrustedTaskRun";
 
@@ -600,6 +725,8 @@ fn waiting(stage: &Stage, why: &str) -> StageStatus {
         exceptions_applied: Vec::new(),
         reason: Some(why.to_string()),
         completed_at: None,
+        retries: 0,
+        retry_at: None,
     }
 }
 

@@ -1,7 +1,10 @@
 //! The rollout of a signed release: approval, one rollout per Deployment, re-verification from the
 //! registry, server-side apply of the image by digest, watching the Deployment, the post-deploy
-//! verdicts, and the rollback. Status is written before the Deployment so that a restart at any
-//! instant finds `previousImage` already recorded and never records its own image as previous.
+//! verdicts, and the rollback. The order of writes is what makes a restart at any instant safe:
+//! finalizer on the release → claim on the Deployment (resourceVersion precondition) → status
+//! with `previousImage` → image. Only the claim holder writes an image, and only over the image it
+//! recorded (a rival's image is never written over); a final phase is stored before the claim is
+//! given back, so a rival that then takes the claim reads this release as ended.
 
 use jiff::Timestamp;
 use k8s_openapi::{
@@ -17,12 +20,12 @@ use serde_json::json;
 use super::{Ctx, Error, api, release_plan::Notice, release_signing};
 use crate::{
     api::{
-        FIELD_MANAGER, ModelRelease, ModelReleaseStatus, Phase, SecurePipeline,
+        FIELD_MANAGER, FINALIZER_ROLLOUT, ModelRelease, ModelReleaseStatus, Phase, SecurePipeline,
         conditions::{self, reason},
         release::{RolloutStatus, Verdict},
     },
     metrics::OutcomeLabels,
-    rollout::{self, Progress, Turn},
+    rollout::{self, Progress, Step, Turn},
 };
 
 /// How a step leaves the release's kstatus conditions.
@@ -68,17 +71,25 @@ impl<'a> Rollout<'a> {
         }
     }
 
-    /// Takes the next rollout step the status calls for, if any.
+    /// Takes the next rollout step the status calls for, if any; a deleted release undoes its
+    /// rollout first, an ended one gives its claim back.
     pub async fn advance(mut self) -> Result<(), Error> {
+        if self.release.metadata.deletion_timestamp.is_some() {
+            return self.on_delete().await;
+        }
         let signed = self.status.phase == Phase::Signing && self.status.signature.is_some();
         match self.status.phase {
-            _ if signed => self.begin().await,
-            Phase::AwaitingApproval => self.begin().await,
-            Phase::RollingOut => self.watch().await,
-            Phase::Verifying => self.verify_post_deploy().await,
-            Phase::RollingBack => self.watch_rollback().await,
-            _ => Ok(()),
+            _ if signed => self.begin().await?,
+            Phase::AwaitingApproval => self.begin().await?,
+            Phase::RollingOut => self.watch().await?,
+            Phase::Verifying => self.verify_post_deploy().await?,
+            Phase::RollingBack => self.watch_rollback().await?,
+            _ => {}
         }
+        if self.status.phase.is_final() && self.has_finalizer() {
+            self.let_go().await?;
+        }
+        Ok(())
     }
 
     fn deployments(&self) -> Api<Deployment> {
@@ -219,7 +230,7 @@ impl<'a> Rollout<'a> {
         Ok(())
     }
 
-    /// Target checks, turn, approval and signature verification; then record and apply.
+    /// Target checks, turn, approval and signature verification; then claim, record and apply.
     async fn begin(&mut self) -> Result<(), Error> {
         let Some(image) = self.status.image.clone() else {
             return Ok(());
@@ -228,7 +239,7 @@ impl<'a> Rollout<'a> {
             return Ok(());
         };
         // The turn comes first: a release waiting for approval can still be superseded.
-        if !self.my_turn().await? {
+        if !self.my_turn(&dep).await? {
             return Ok(());
         }
         if let Some((why, message)) = rollout::approval_pending(self.release, &image.digest) {
@@ -250,6 +261,8 @@ impl<'a> Rollout<'a> {
             self.set(phase, kind, f.category, f.message);
             return Ok(());
         }
+        self.add_finalizer().await?;
+        let dep = self.take_claim(dep).await?;
         let target = format!("{}@{}", image.repository, image.digest);
         self.start(&dep, target).await
     }
@@ -259,6 +272,7 @@ impl<'a> Rollout<'a> {
         let ns = self.namespace();
         let name = self.target().to_string();
         let phase = self.status.phase;
+        // Read fresh: its resourceVersion is the precondition of the claim.
         let Some(dep) = self
             .deployments()
             .get_opt(&name)
@@ -280,13 +294,15 @@ impl<'a> Rollout<'a> {
         Ok(Some(dep))
     }
 
-    async fn my_turn(&mut self) -> Result<bool, Error> {
+    async fn my_turn(&mut self, dep: &Deployment) -> Result<bool, Error> {
+        // A fresh list, read after the Deployment: a holder stores its final phase before it
+        // gives the claim back, so a claim seen free here comes with that phase visible.
         let all = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace())
             .list(&ListParams::default())
             .await
             .map_err(api("list-releases"))?;
         let target = self.target().to_string();
-        match rollout::turn(self.release, &all.items) {
+        match rollout::turn(self.release, dep, &all.items) {
             Turn::Go => Ok(true),
             Turn::Wait(other) => {
                 let phase = self.status.phase;
@@ -302,7 +318,7 @@ impl<'a> Rollout<'a> {
             }
             Turn::Superseded(newer) => {
                 let message = format!(
-                    "superseded: the newer ModelRelease {newer} of Deployment {target} passed its gates before this one started its rollout"
+                    "superseded: the newer ModelRelease {newer} of Deployment {target} was released before this one started its rollout"
                 );
                 self.set(
                     Phase::Superseded,
@@ -313,6 +329,154 @@ impl<'a> Rollout<'a> {
                 Ok(false)
             }
         }
+    }
+
+    fn has_finalizer(&self) -> bool {
+        self.release
+            .finalizers()
+            .iter()
+            .any(|f| f == FINALIZER_ROLLOUT)
+    }
+
+    /// Adds the finalizer before the Deployment is touched, so a deletion from then on first
+    /// undoes the rollout.
+    async fn add_finalizer(&self) -> Result<(), Error> {
+        if self.has_finalizer() {
+            return Ok(());
+        }
+        let rv = self.release.resource_version().unwrap_or_default();
+        let ops = if self.release.finalizers().is_empty() {
+            json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                   {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER_ROLLOUT]}])
+        } else {
+            json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                   {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER_ROLLOUT}])
+        };
+        self.patch_release_json(ops, "add-finalizer").await
+    }
+
+    async fn remove_finalizer(&self) -> Result<(), Error> {
+        let Some(i) = self
+            .release
+            .finalizers()
+            .iter()
+            .position(|f| f == FINALIZER_ROLLOUT)
+        else {
+            return Ok(());
+        };
+        let path = format!("/metadata/finalizers/{i}");
+        let ops = json!([{"op": "test", "path": path, "value": FINALIZER_ROLLOUT},
+                         {"op": "remove", "path": path}]);
+        self.patch_release_json(ops, "remove-finalizer").await
+    }
+
+    async fn patch_release_json(
+        &self,
+        ops: serde_json::Value,
+        action: &'static str,
+    ) -> Result<(), Error> {
+        let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| {
+            Error::Panicked(format!("{action}: building the JSON patch failed: {e}"))
+        })?;
+        let result = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace())
+            .patch(
+                &self.release.name_any(),
+                &PatchParams::default(),
+                &Patch::Json::<()>(patch),
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // A failed `test` (a stale copy of the release): retry on a fresh one.
+            Err(kube::Error::Api(s)) if s.code == 422 => Err(Error::Stale(action)),
+            // The release is gone: nothing holds it any more.
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(api(action)(e)),
+        }
+    }
+
+    /// Takes the Deployment's rollout claim (a no-op when held), valid only against the version
+    /// of the Deployment read for the turn: a 409 means someone wrote it since, and the next
+    /// reconcile decides again.
+    async fn take_claim(&self, dep: Deployment) -> Result<Deployment, Error> {
+        if rollout::holds_claim(&dep, self.release) {
+            return Ok(dep);
+        }
+        let rv = dep.resource_version().unwrap_or_default();
+        let value = rollout::claim_value(self.release);
+        let patch = rollout::claim_patch(&rv, Some(&value));
+        self.deployments()
+            .patch(self.target(), &merge_params(), &Patch::Merge(&patch))
+            .await
+            .map_err(api("claim-deployment"))
+    }
+
+    /// Gives the claim back (when held) and drops the finalizer: the release has ended.
+    async fn let_go(&mut self) -> Result<(), Error> {
+        // The final phase first, so a rival that takes the claim reads this release as ended.
+        self.persist().await?;
+        let dep = self
+            .deployments()
+            .get_opt(self.target())
+            .await
+            .map_err(api("get-deployment"))?;
+        if let Some(dep) = dep.filter(|d| rollout::holds_claim(d, self.release)) {
+            let rv = dep.resource_version().unwrap_or_default();
+            let patch = rollout::claim_patch(&rv, None);
+            self.deployments()
+                .patch(self.target(), &merge_params(), &Patch::Merge(&patch))
+                .await
+                .map_err(api("release-claim"))?;
+        }
+        self.remove_finalizer().await
+    }
+
+    /// A deleted release: undo a rollout still in flight (restore the previous image and follow
+    /// it to the end), then let go.
+    async fn on_delete(&mut self) -> Result<(), Error> {
+        if !self.has_finalizer() {
+            return Ok(());
+        }
+        let live = matches!(self.status.phase, Phase::RollingOut | Phase::Verifying);
+        if self.status.phase == Phase::RollingBack {
+            self.watch_rollback().await?;
+        } else if live {
+            let Some(rollout) = self.status.rollout.clone() else {
+                return self.let_go().await;
+            };
+            let dep = self
+                .deployments()
+                .get_opt(&rollout.deployment)
+                .await
+                .map_err(api("get-deployment"))?;
+            let ours = dep.as_ref().is_some_and(|d| {
+                rollout::holds_claim(d, self.release)
+                    && rollout::container_image(d, &self.release.spec.target.container).as_deref()
+                        == Some(rollout.image.as_str())
+            });
+            if ours {
+                let why = format!(
+                    "ModelRelease {} was deleted during its rollout",
+                    self.release.name_any()
+                );
+                return self.begin_rollback(why, reason::DELETED).await;
+            }
+            // The image never landed (or is not ours): nothing to undo.
+            self.end_without_undo(
+                reason::DELETED,
+                "the release was deleted before its image was applied".into(),
+            );
+        }
+        if self.status.phase.is_final() || !live {
+            return self.let_go().await;
+        }
+        Ok(())
+    }
+
+    fn end_without_undo(&mut self, why: &'static str, message: String) {
+        self.rolled_out(false, why, &message);
+        self.set(Phase::Failed, Kind::Ended { failed: true }, why, message);
+        self.count(Phase::Failed, why);
     }
 
     async fn start(&mut self, dep: &Deployment, target: String) -> Result<(), Error> {
@@ -346,23 +510,57 @@ impl<'a> Rollout<'a> {
         self.apply(&target, Some(&self.release.name_any())).await
     }
 
-    /// Follows the Deployment until the new image is available everywhere, or the deadline passes.
+    /// Follows the Deployment until the new image is available everywhere, or a deadline passes.
     async fn watch(&mut self) -> Result<(), Error> {
-        let Some(rollout) = self.status.rollout.clone() else {
+        let (Some(rollout), Some(previous)) = (
+            self.status.rollout.clone(),
+            self.status.previous_image.clone(),
+        ) else {
             return Ok(());
         };
         let Some(dep) = self.current_target(&rollout).await? else {
             return Ok(());
         };
-        let container = &self.release.spec.target.container;
-        if rollout::container_image(&dep, container).as_deref() != Some(rollout.image.as_str()) {
-            // Status was written but the apply did not land (a restart in between): apply again.
-            return self
-                .apply(&rollout.image, Some(&self.release.name_any()))
-                .await;
+        let container = self.release.spec.target.container.clone();
+        match rollout::step(&dep, self.release, &container, &previous, &rollout.image) {
+            // Status was written but the apply did not land (a restart in between).
+            Step::Apply => {
+                self.apply(&rollout.image, Some(&self.release.name_any()))
+                    .await
+            }
+            Step::NotClaimed => {
+                self.claim_lost(&dep, &rollout);
+                Ok(())
+            }
+            Step::Replaced(found) => {
+                let message = format!(
+                    "the image of container {container} of Deployment {} was changed to {found} by someone else during the rollout; Sluice does not write over it",
+                    rollout.deployment
+                );
+                self.end_without_undo(reason::IMAGE_REPLACED, message);
+                Ok(())
+            }
+            Step::Follow(_) => self.follow(&dep, &rollout).await,
         }
+    }
+
+    async fn follow(&mut self, dep: &Deployment, rollout: &RolloutStatus) -> Result<(), Error> {
         let since = rollout.started_at.parse().ok();
-        match rollout::progress(&dep, since, self.now) {
+        let deadline = self.pipeline.spec.rollout_deadline_seconds();
+        match rollout::progress(dep, since, self.now) {
+            Progress::Complete => {
+                self.rolled_out_complete(rollout);
+                Ok(())
+            }
+            Progress::Failed(m) => self.begin_rollback(m, reason::ROLLOUT_FAILED).await,
+            Progress::InProgress(m) if rollout::past_deadline(since, self.now, deadline) => {
+                let why = format!(
+                    "rollout of {} not complete after Sluice's deadline of {deadline}s ({m})",
+                    rollout.image
+                );
+                self.begin_rollback(why, reason::ROLLOUT_DEADLINE_EXCEEDED)
+                    .await
+            }
             Progress::InProgress(m) => {
                 let message = format!("rolling out {}: {m}", rollout.image);
                 self.set(
@@ -373,11 +571,35 @@ impl<'a> Rollout<'a> {
                 );
                 Ok(())
             }
-            Progress::Failed(m) => self.begin_rollback(m, reason::ROLLOUT_FAILED).await,
-            Progress::Complete => {
-                self.rolled_out_complete(&rollout);
-                Ok(())
-            }
+        }
+    }
+
+    /// The claim is gone: if the image never landed, start over from the turn; if it did, the
+    /// release cannot vouch for the Deployment any more and fails without writing.
+    fn claim_lost(&mut self, dep: &Deployment, rollout: &RolloutStatus) {
+        let container = &self.release.spec.target.container;
+        let live =
+            rollout::container_image(dep, container).as_deref() == Some(rollout.image.as_str());
+        let holder = rollout::claim_of(dep).map_or_else(|| "nobody".to_string(), |c| c.release);
+        if live {
+            let message = format!(
+                "the rollout claim on Deployment {} was removed or taken (now held by {holder}) while {} rolled out",
+                rollout.deployment, rollout.image
+            );
+            self.end_without_undo(reason::CLAIM_LOST, message);
+        } else {
+            self.status.rollout = None;
+            self.status.previous_image = None;
+            let message = format!(
+                "the rollout claim on Deployment {} is held by {holder}; waiting for a new turn",
+                rollout.deployment
+            );
+            self.set(
+                Phase::Signing,
+                Kind::Progressing,
+                reason::WAITING_FOR_ROLLOUT,
+                message,
+            );
         }
     }
 
@@ -457,8 +679,34 @@ impl<'a> Rollout<'a> {
         self.count(Phase::Released, reason::RELEASED);
     }
 
-    /// Reads the post-deploy verdicts the planner recorded.
+    /// Watches the Deployment's health and reads the post-deploy verdicts the planner recorded.
     async fn verify_post_deploy(&mut self) -> Result<(), Error> {
+        if let Some(rollout) = self.status.rollout.clone() {
+            let Some(dep) = self.current_target(&rollout).await? else {
+                return Ok(());
+            };
+            let container = self.release.spec.target.container.clone();
+            let previous = self.status.previous_image.clone().unwrap_or_default();
+            match rollout::step(&dep, self.release, &container, &previous, &rollout.image) {
+                Step::Follow(_) => {
+                    if let Some(why) = rollout::unhealthy(&dep) {
+                        return self.begin_rollback(why, reason::UNHEALTHY).await;
+                    }
+                }
+                Step::NotClaimed | Step::Apply => {
+                    self.claim_lost(&dep, &rollout);
+                    return Ok(());
+                }
+                Step::Replaced(found) => {
+                    let message = format!(
+                        "the image of container {container} of Deployment {} was changed to {found} by someone else while the release was verified",
+                        rollout.deployment
+                    );
+                    self.end_without_undo(reason::IMAGE_REPLACED, message);
+                    return Ok(());
+                }
+            }
+        }
         let post = self.post_deploy_stages();
         let entries: Vec<_> = self
             .status
@@ -522,18 +770,44 @@ impl<'a> Rollout<'a> {
         let Some(dep) = self.current_target(&rollout).await? else {
             return Ok(());
         };
-        let container = &self.release.spec.target.container;
-        if rollout::container_image(&dep, container).as_deref() != Some(previous.as_str()) {
-            return self
-                .apply(&previous, rollout.previous_release.as_deref())
-                .await;
+        let container = self.release.spec.target.container.clone();
+        match rollout::step(&dep, self.release, &container, &rollout.image, &previous) {
+            Step::Apply => {
+                return self
+                    .apply(&previous, rollout.previous_release.as_deref())
+                    .await;
+            }
+            Step::Follow(_) => {}
+            Step::NotClaimed | Step::Replaced(_) => {
+                let message = format!(
+                    "could not restore {previous}: Deployment {} no longer runs this release's image or its claim was taken; Sluice does not write over another image",
+                    rollout.deployment
+                );
+                self.set(
+                    Phase::Failed,
+                    Kind::Ended { failed: true },
+                    reason::ROLLBACK_FAILED,
+                    message,
+                );
+                self.count(Phase::Failed, reason::ROLLBACK_FAILED);
+                return Ok(());
+            }
         }
         let why = rollout.rollback_reason.clone().unwrap_or_default();
         let since = rollout
             .rollback_started_at
             .as_deref()
             .and_then(|t| t.parse().ok());
-        match rollout::progress(&dep, since, self.now) {
+        let deadline = self.pipeline.spec.rollout_deadline_seconds();
+        let progress = match rollout::progress(&dep, since, self.now) {
+            Progress::InProgress(m) if rollout::past_deadline(since, self.now, deadline) => {
+                Progress::Failed(format!(
+                    "not complete after Sluice's deadline of {deadline}s ({m})"
+                ))
+            }
+            p => p,
+        };
+        match progress {
             Progress::InProgress(m) => {
                 let message = format!("{why}; restoring {previous}: {m}");
                 self.set(
@@ -568,5 +842,13 @@ impl<'a> Rollout<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// Parameters of Sluice's merge patches: its field manager, so `managedFields` says who wrote.
+fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
     }
 }
