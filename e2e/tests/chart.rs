@@ -186,6 +186,8 @@ fn assert_least_privilege(ns: &str) -> anyhow::Result<()> {
         ("create", "taskruns.tekton.dev"),
         ("patch", "taskruns.tekton.dev"),
         ("patch", "modelreleases.sluice.dev/status"),
+        ("patch", "modelreleases.sluice.dev"),
+        ("update", "modelreleases.sluice.dev/finalizers"),
         ("get", "secrets"),
     ] {
         assert!(
@@ -198,6 +200,7 @@ fn assert_least_privilege(ns: &str) -> anyhow::Result<()> {
         ("delete", "deployments.apps"),
         ("create", "pods"),
         ("update", "modelreleases.sluice.dev"),
+        ("delete", "modelreleases.sluice.dev"),
         ("*", "*"),
     ] {
         assert!(

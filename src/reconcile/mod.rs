@@ -250,3 +250,54 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Shared handle to the context.
 pub type Ctx = Arc<Context>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    #[tokio::test]
+    async fn a_panicking_reconcile_is_an_error_of_that_object_with_a_warning_event() {
+        let (ctx, mut server) = Context::test();
+        let release = fixtures::release();
+        let events = tokio::spawn(async move {
+            let event = server.expect_event("ReconcilePanicked").await;
+            assert_eq!(event["type"], "Warning");
+            let note = event["note"].as_str().unwrap_or_default().to_string();
+            assert!(note.contains("is_char_boundary"), "{note}");
+            server
+        });
+        let panicking = async {
+            let s = "é".repeat(3);
+            // The kind of bug issue #10 found: a cut inside a multi-byte character.
+            let cut = s.get(..1).map(str::len).unwrap_or_else(|| {
+                let mut owned = s.clone();
+                owned.truncate(1);
+                owned.len()
+            });
+            Ok(Action::requeue(Duration::from_secs(cut as u64)))
+        };
+        let result = timed(&ctx, "modelrelease", &release, panicking).await;
+        assert!(matches!(&result, Err(Error::Panicked(_))), "{result:?}");
+        let error = result.expect_err("panicked");
+        assert_eq!(error.category(), "panic");
+        assert_eq!(ctx.failures.get(&object_key(&release)), 1);
+        let action = error_policy("modelrelease", &error, 1, &ctx.metrics);
+        assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+        assert!(ctx.metrics.render().contains("category=\"panic\""));
+        events.await.expect("event published");
+        // The next success resets the object's backoff.
+        let ok = timed(&ctx, "modelrelease", &release, async {
+            Ok(Action::await_change())
+        })
+        .await;
+        assert!(ok.is_ok());
+        assert_eq!(ctx.failures.get(&object_key(&release)), 0);
+    }
+
+    #[test]
+    fn backoff_doubles_per_failure_up_to_five_minutes() {
+        let secs: Vec<u64> = [1, 2, 3, 8, 9, 40].map(|n| backoff(n).as_secs()).to_vec();
+        assert_eq!(secs, [2, 4, 8, 256, 300, 300]);
+    }
+}

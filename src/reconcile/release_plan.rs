@@ -980,4 +980,169 @@ mod tests {
         assert!(second.notices.is_empty(), "{:?}", second.notices);
         assert_eq!(second.status, first.status);
     }
+
+    /// A TaskRun of `stage` that Tekton failed with `reason` before any step ran.
+    fn failed_with(stage: &str, reason: &str, attempt: u32) -> TaskRun {
+        let mut tr = fixtures::finished_task_run(stage, false, &[]);
+        tr.metadata.name = Some(names::attempt_name("predictor-42", stage, attempt));
+        if let Some(s) = tr.status.as_mut() {
+            s.conditions[0].reason = Some(reason.into());
+            s.conditions[0].message =
+                Some("error requesting remote resource: context deadline exceeded ✗".into());
+        }
+        tr
+    }
+
+    fn entry<'a>(p: &'a Plan, stage: &str) -> &'a StageStatus {
+        p.status
+            .stages
+            .iter()
+            .find(|e| e.name == stage)
+            .expect("stage entry")
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_with_backoff_then_blocks_after_the_last_retry() {
+        let mut release = fixtures::release();
+        let mut now = fixtures::test_now();
+        let running = fixtures::running_task_run("dependency-audit");
+        for attempt in 0..MAX_RETRIES {
+            let trs = vec![
+                failed_with("unit-tests", "TaskRunResolutionFailed", attempt),
+                running.clone(),
+            ];
+            let p = plan(&release, Some(&fixtures::pipeline()), &trs, now);
+            let e = entry(&p, "unit-tests");
+            assert_eq!(
+                p.status.phase,
+                Phase::Running,
+                "attempt {attempt}: {:?}",
+                e.reason
+            );
+            assert_eq!(e.gate, None);
+            assert_eq!(e.retries, attempt + 1);
+            assert!(
+                e.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("infrastructure")),
+                "{:?}",
+                e.reason
+            );
+            assert!(p.create.is_empty(), "the retry waits out its backoff");
+            assert!(
+                p.notices
+                    .iter()
+                    .any(|n| n.reason == "StageRetrying" && n.warning)
+            );
+            release.status = Some(p.status.clone());
+            // Before the backoff ends nothing starts; after it, the next attempt under its own name.
+            let early = plan(
+                &release,
+                Some(&fixtures::pipeline()),
+                std::slice::from_ref(&running),
+                now,
+            );
+            assert!(early.create.is_empty());
+            now += jiff::SignedDuration::from_secs(RETRY_BACKOFF_SECONDS << attempt);
+            let due = plan(
+                &release,
+                Some(&fixtures::pipeline()),
+                std::slice::from_ref(&running),
+                now,
+            );
+            let names: Vec<_> = due.create.iter().map(|t| t.name_any()).collect();
+            assert_eq!(
+                names,
+                [names::attempt_name(
+                    "predictor-42",
+                    "unit-tests",
+                    attempt + 1
+                )]
+            );
+            assert_eq!(entry(&due, "unit-tests").state, StageState::Running);
+            release.status = Some(due.status);
+        }
+        let last = vec![
+            failed_with("unit-tests", "TaskRunResolutionFailed", MAX_RETRIES),
+            running,
+        ];
+        let p = plan(&release, Some(&fixtures::pipeline()), &last, now);
+        assert_eq!(p.status.phase, Phase::Blocked);
+        let e = entry(&p, "unit-tests");
+        assert_eq!(e.gate, Some(Verdict::Blocked));
+        assert!(
+            e.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("attempt 4 of 4")),
+            "{:?}",
+            e.reason
+        );
+    }
+
+    #[test]
+    fn a_steps_own_failure_blocks_at_once() {
+        let trs = vec![failed_with("unit-tests", "Failed", 0)];
+        let p = plan_at_fixture_time(&fixtures::release(), &trs);
+        assert_eq!(p.status.phase, Phase::Blocked);
+        assert_eq!(entry(&p, "unit-tests").retries, 0);
+    }
+
+    #[test]
+    fn a_release_is_judged_by_the_pipeline_it_started_with() {
+        let first = plan_at_fixture_time(&fixtures::release(), &[]);
+        let snapshot = first
+            .status
+            .pipeline
+            .clone()
+            .expect("snapshot taken at the start");
+        assert_eq!(snapshot.generation, Some(1));
+        let mut release = fixtures::release();
+        release.status = Some(first.status);
+        // The pipeline is edited: the audit now tolerates nothing and the build runs another Task.
+        let mut edited = fixtures::pipeline();
+        edited.metadata.generation = Some(2);
+        edited.spec.stages[1].gate = Some(
+            serde_json::from_value(serde_json::json!({"findings": {"maxSeverity": "none"}}))
+                .expect("gate"),
+        );
+        edited.spec.stages[2].task_ref.name = Some("kaniko".into());
+        let pipeline = effective_pipeline(&release, Some(&edited)).expect("pipeline");
+        assert_eq!(pipeline.metadata.generation, Some(1));
+        let trs = vec![
+            fixtures::finished_task_run(
+                "unit-tests",
+                true,
+                &[(
+                    "TEST_OUTPUT",
+                    r#"{"result":"SUCCESS","successes":3,"failures":0}"#,
+                )],
+            ),
+            fixtures::finished_task_run(
+                "dependency-audit",
+                true,
+                &[("FINDINGS", r#"{"medium":1}"#)],
+            ),
+        ];
+        let p = plan(&release, Some(&pipeline), &trs, fixtures::test_now());
+        assert_eq!(
+            entry(&p, "dependency-audit").gate,
+            Some(Verdict::Passed),
+            "judged by the old gate"
+        );
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(
+            p.create[0]
+                .spec
+                .task_ref
+                .as_ref()
+                .and_then(|t| t.name.as_deref()),
+            Some("buildah")
+        );
+        // A pipeline deleted mid-release strands nothing.
+        assert!(effective_pipeline(&release, None).is_some());
+        // A new release takes the edited pipeline.
+        let fresh = effective_pipeline(&fixtures::release(), Some(&edited)).expect("live");
+        assert_eq!(fresh.metadata.generation, Some(2));
+        assert_eq!(fresh.spec, edited.spec);
+    }
 }
