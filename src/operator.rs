@@ -137,6 +137,7 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     let releases: Api<ModelRelease> = Api::all(client.clone());
     let pipelines: Api<SecurePipeline> = Api::all(client.clone());
     let task_runs: Api<TaskRun> = Api::all(client.clone());
+    let task_runs_all = task_runs.clone();
     let wc = watcher::Config::default().any_semantic();
 
     let release_controller = Controller::new(releases.clone(), wc.clone());
@@ -148,6 +149,17 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
         .owns(
             task_runs,
             watcher::Config::default().labels(crate::api::LABEL_RELEASE),
+        )
+        // Rescan TaskRuns carry no release label (the release's own stages never see them).
+        .watches(
+            task_runs_all.clone(),
+            watcher::Config::default().labels(reconcile::rescan::LABEL_RESCAN_OF),
+            |tr: TaskRun| {
+                let of = tr.labels().get(reconcile::rescan::LABEL_RESCAN_OF).cloned();
+                tr.namespace()
+                    .zip(of)
+                    .map(|(ns, r)| ObjectRef::<ModelRelease>::new(&r).within(&ns))
+            },
         )
         .watches(
             pipelines.clone(),

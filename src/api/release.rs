@@ -400,6 +400,9 @@ pub struct RolloutStatus {
     /// When previousImage was applied again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_started_at: Option<String>,
+    /// The condition reason the rollback ends with (RolledBack, or Vulnerable after a rescan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_cause: Option<String>,
 }
 
 /// The latest scheduled re-audit of a released revision.

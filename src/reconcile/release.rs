@@ -53,7 +53,11 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
     }
     if let Some(p) = pipeline.as_ref() {
         sign_if_due(ctx, release, p, &seen, &mut plan).await;
+        // Rescans are new audits: the pipeline's policy as it is now judges them.
+        let policy = live.as_ref().unwrap_or(p);
+        record_rescan(ctx, release, policy, &mut plan).await?;
         release_rollout::Rollout::new(ctx, release, p, &mut plan.status, &mut plan.notices)
+            .rescan_rollback(super::rescan::spec_rollback(policy))
             .advance()
             .await?;
     }
@@ -163,6 +167,40 @@ async fn sign_if_due(
     }
 }
 
+/// Folds the latest finished rescan of a Released release into its status: the release
+/// controller is the one writer of ModelRelease status, the pipeline controller only schedules.
+async fn record_rescan(
+    ctx: &Ctx,
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    plan: &mut release_plan::Plan,
+) -> Result<(), Error> {
+    if plan.status.phase != Phase::Released || pipeline.spec.rescan.is_none() {
+        return Ok(());
+    }
+    let runs = super::rescan::task_runs_of(ctx, release).await?;
+    let now = (ctx.now)();
+    let Some(rescan) = super::rescan::latest_rescan(pipeline, release, &runs, now) else {
+        return Ok(());
+    };
+    let blocked: Vec<String> = rescan
+        .stages
+        .iter()
+        .filter(|s| s.gate == Some(crate::api::release::Verdict::Blocked))
+        .map(|s| s.name.clone())
+        .collect();
+    if let Some(notice) = super::rescan::fold(release, &mut plan.status, rescan, now) {
+        for stage in blocked {
+            ctx.metrics
+                .rescan_findings
+                .get_or_create(&crate::metrics::StageLabels { stage })
+                .inc();
+        }
+        plan.notices.push(notice);
+    }
+    Ok(())
+}
+
 /// Asks Tekton to cancel the release's TaskRuns that are still running after it ended.
 async fn cancel_task_runs(
     ctx: &Ctx,
@@ -247,7 +285,12 @@ fn next_action(status: &crate::api::ModelReleaseStatus, pipeline_found: bool) ->
     let waiting_turn = conditions::get(&status.conditions, conditions::READY)
         .is_some_and(|c| c.reason == conditions::reason::WAITING_FOR_ROLLOUT);
     let retrying = status.stages.iter().any(|s| s.retry_at.is_some());
-    if status.phase.is_final() {
+    let vulnerable = status.phase == Phase::Released
+        && conditions::is_true(&status.conditions, conditions::VULNERABLE);
+    if vulnerable {
+        // An onFinding rollback may wait for the earlier release's own rescan verdict.
+        Action::requeue(Duration::from_secs(30))
+    } else if status.phase.is_final() {
         Action::await_change()
     } else if retrying {
         // A stage waits out its retry backoff: come back when it may start.

@@ -49,6 +49,7 @@ pub struct Rollout<'a> {
     status: &'a mut ModelReleaseStatus,
     notices: &'a mut Vec<Notice>,
     now: Timestamp,
+    rescan_rollback: bool,
 }
 
 impl<'a> Rollout<'a> {
@@ -68,7 +69,16 @@ impl<'a> Rollout<'a> {
             status,
             notices,
             now,
+            rescan_rollback: false,
         }
+    }
+
+    /// Whether a rescan that blocks this Released release restores an earlier one
+    /// (`onFinding: rollback` in the pipeline as it is now).
+    #[must_use]
+    pub fn rescan_rollback(mut self, enabled: bool) -> Self {
+        self.rescan_rollback = enabled;
+        self
     }
 
     /// Takes the next rollout step the status calls for, if any; a deleted release undoes its
@@ -84,6 +94,9 @@ impl<'a> Rollout<'a> {
             Phase::RollingOut => self.watch().await?,
             Phase::Verifying => self.verify_post_deploy().await?,
             Phase::RollingBack => self.watch_rollback().await?,
+            Phase::Released if self.vulnerable_rollback_due() => {
+                self.restore_after_rescan().await?
+            }
             _ => {}
         }
         if self.status.phase.is_final() && self.has_finalizer() {
@@ -473,6 +486,112 @@ impl<'a> Rollout<'a> {
         Ok(())
     }
 
+    fn vulnerable_rollback_due(&self) -> bool {
+        self.rescan_rollback && conditions::is_true(&self.status.conditions, conditions::VULNERABLE)
+    }
+
+    /// `onFinding: rollback`: restores the newest earlier release whose own latest rescan passes,
+    /// through the same path as any rollback (turn and claim, signature re-verified, image
+    /// written only over this release's own, the restore followed to the end, events, metrics).
+    async fn restore_after_rescan(&mut self) -> Result<(), Error> {
+        let Some(rollout) = self.status.rollout.clone() else {
+            return Ok(());
+        };
+        let all = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace())
+            .list(&ListParams::default())
+            .await
+            .map_err(api("list-releases"))?;
+        let vulnerable = conditions::get(&self.status.conditions, conditions::VULNERABLE)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let Some(to) = super::rescan::last_passing(self.release, &all.items) else {
+            let note = format!(
+                "{vulnerable}; onFinding: rollback found no earlier release whose latest rescan passes, so this one keeps running"
+            );
+            self.notice_once(reason::VULNERABLE, note);
+            return Ok(());
+        };
+        let (Some(to_image), Some(to_signed)) = (
+            to.status
+                .as_ref()
+                .and_then(|s| s.rollout.as_ref())
+                .map(|r| r.image.clone()),
+            to.status.as_ref().and_then(|s| s.image.clone()),
+        ) else {
+            return Ok(());
+        };
+        let Some(dep) = self.ready_target().await? else {
+            return Ok(());
+        };
+        match rollout::turn(self.release, &dep, &all.items) {
+            Turn::Go => {}
+            // A rival rolls out (or was released): it replaces this image anyway.
+            Turn::Wait(_) | Turn::Superseded(_) => return Ok(()),
+        }
+        let container = self.release.spec.target.container.clone();
+        if rollout::container_image(&dep, &container).as_deref() != Some(rollout.image.as_str()) {
+            return Ok(());
+        }
+        if let Err(f) = release_signing::verify(self.ctx, to, self.pipeline, &to_signed).await {
+            let note = format!(
+                "{vulnerable}; onFinding: rollback did not restore {}: its signature does not verify ({})",
+                to.name_any(),
+                f.message
+            );
+            self.notice_once(reason::VULNERABLE, note);
+            return Ok(());
+        }
+        self.add_finalizer().await?;
+        let dep = self.take_claim(dep).await?;
+        let why = format!(
+            "{vulnerable}; onFinding: rollback restored {} ({to_image})",
+            to.name_any()
+        );
+        let mut restore = rollout.clone();
+        restore.previous_release = Some(to.name_any());
+        restore.rollback_reason = Some(why.clone());
+        restore.rollback_started_at = Some(self.now.to_string());
+        restore.rollback_cause = Some(reason::VULNERABLE.to_string());
+        self.status.rollout = Some(restore);
+        self.status.previous_image = Some(to_image.clone());
+        self.rolled_out(false, reason::VULNERABLE, &why);
+        self.set(
+            Phase::RollingBack,
+            Kind::Progressing,
+            reason::ROLLING_BACK,
+            why,
+        );
+        self.persist().await?;
+        if rollout::holds_claim(&dep, self.release) {
+            self.apply(&to_image, Some(&to.name_any())).await?;
+        }
+        Ok(())
+    }
+
+    /// An Event with `reason`, once per distinct note (kept in the Ready message's stead).
+    fn notice_once(&mut self, why: &'static str, note: String) {
+        let seen = conditions::get(&self.status.conditions, conditions::VULNERABLE)
+            .is_some_and(|c| c.message == note);
+        if !seen {
+            self.notices.push(Notice {
+                warning: true,
+                reason: why,
+                note: note.clone(),
+                task_run: None,
+            });
+            let generation = self.release.metadata.generation;
+            conditions::set(
+                &mut self.status.conditions,
+                conditions::VULNERABLE,
+                true,
+                why,
+                &note,
+                generation,
+                &Time(self.now),
+            );
+        }
+    }
+
     fn end_without_undo(&mut self, why: &'static str, message: String) {
         self.rolled_out(false, why, &message);
         self.set(Phase::Failed, Kind::Ended { failed: true }, why, message);
@@ -822,13 +941,17 @@ impl<'a> Rollout<'a> {
                     "rolled back: {why}; Deployment {} runs {previous} again",
                     rollout.deployment
                 );
+                let cause = match rollout.rollback_cause.as_deref() {
+                    Some(reason::VULNERABLE) => reason::VULNERABLE,
+                    _ => reason::ROLLED_BACK,
+                };
                 self.set(
                     Phase::RolledBack,
                     Kind::Ended { failed: true },
-                    reason::ROLLED_BACK,
+                    cause,
                     message,
                 );
-                self.count(Phase::RolledBack, reason::ROLLED_BACK);
+                self.count(Phase::RolledBack, cause);
             }
             Progress::Failed(m) => {
                 let message = format!("{why}; restoring {previous} failed too: {m}");

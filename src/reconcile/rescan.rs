@@ -8,21 +8,19 @@ use jiff::{Timestamp, tz::TimeZone};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, PostParams},
 };
-use serde_json::json;
 
 use super::{Ctx, Error, api, release_plan};
 use crate::{
     api::{
-        FIELD_MANAGER, LABEL_PIPELINE, LABEL_RELEASE, LABEL_STAGE, ModelRelease, Phase,
+        FIELD_MANAGER, LABEL_RELEASE, LABEL_STAGE, ModelRelease, ModelReleaseStatus, Phase,
         SecurePipeline, SecurePipelineStatus,
         conditions::{self, reason},
         pipeline::OnFinding,
         release::{RescanStatus, Verdict},
     },
     gates::GateContext,
-    metrics::StageLabels,
     names,
     tekton::{self, TaskRun},
 };
@@ -171,7 +169,8 @@ pub async fn run(
         start(ctx, pipeline, releases, at).await?;
         status.last_rescan = Some(at.to_string());
     }
-    judge(ctx, pipeline, releases, status).await
+    judge(pipeline, releases, status, now);
+    Ok(())
 }
 
 async fn start(
@@ -189,7 +188,7 @@ async fn start(
         field_manager: Some(FIELD_MANAGER.into()),
         ..PostParams::default()
     };
-    for release in released(pipeline, releases) {
+    for release in to_rescan(pipeline, releases) {
         for stage in pipeline
             .spec
             .stages
@@ -210,44 +209,42 @@ async fn start(
     Ok(())
 }
 
-/// Judges each release's latest finished rescan and records it on the release and the pipeline.
-async fn judge(
-    ctx: &Ctx,
+/// The releases a scheduled rescan re-audits: what each Deployment runs and, with
+/// `onFinding: rollback`, the release a rollback would restore (it is restored only if its own
+/// latest rescan passes).
+pub fn to_rescan<'a>(
+    pipeline: &SecurePipeline,
+    releases: &'a [ModelRelease],
+) -> Vec<&'a ModelRelease> {
+    let mut out = released(pipeline, releases);
+    if spec_rollback(pipeline) {
+        let fallbacks: Vec<&ModelRelease> = out
+            .iter()
+            .filter_map(|live| previous_released(live, releases))
+            .collect();
+        out.extend(fallbacks);
+    }
+    out
+}
+
+/// Sums up the rescans the release controller recorded on the live releases as the pipeline's
+/// Vulnerable condition. The pipeline controller only reads release status: the release
+/// controller is its one writer.
+fn judge(
     pipeline: &SecurePipeline,
     releases: &[ModelRelease],
     status: &mut SecurePipelineStatus,
-) -> Result<(), Error> {
-    let ns = pipeline.namespace().unwrap_or_default();
-    let lp = ListParams::default().labels(&format!(
-        "{LABEL_RESCAN_OF},{LABEL_PIPELINE}={}",
-        pipeline.name_any()
-    ));
-    let runs = Api::<TaskRun>::namespaced(ctx.client.clone(), &ns)
-        .list(&lp)
-        .await
-        .map_err(api("list-rescan-taskruns"))?
-        .items;
-    let now = (ctx.now)();
+    now: Timestamp,
+) {
     let mut vulnerable = Vec::new();
     for release in released(pipeline, releases) {
-        // While the newest scheduled run is still running, the recorded one stands.
-        let Some(rescan) = latest_rescan(pipeline, release, &runs, now)
-            .or_else(|| release.status.as_ref().and_then(|s| s.rescan.clone()))
-        else {
+        let Some(rescan) = release.status.as_ref().and_then(|s| s.rescan.as_ref()) else {
             continue;
         };
-        let blocked: Vec<String> = rescan
-            .stages
-            .iter()
-            .filter(|s| s.gate == Some(Verdict::Blocked))
-            .filter_map(|s| s.reason.clone())
-            .collect();
+        let blocked = blocked_reasons(rescan);
         if !blocked.is_empty() {
             vulnerable.push(format!("{}: {}", release.name_any(), blocked.join("; ")));
         }
-        let rollback = spec_rollback(pipeline) && !blocked.is_empty();
-        let restore = rollback.then(|| last_passing(release, releases)).flatten();
-        record(ctx, release, rescan, &blocked, rollback, restore).await?;
     }
     let (value, why, message) = if vulnerable.is_empty() {
         (
@@ -276,11 +273,80 @@ async fn judge(
             &Time(now),
         );
     }
-    Ok(())
+}
+
+/// The reasons of the stages a rescan blocked.
+pub fn blocked_reasons(rescan: &RescanStatus) -> Vec<String> {
+    rescan
+        .stages
+        .iter()
+        .filter(|s| s.gate == Some(Verdict::Blocked))
+        .filter_map(|s| s.reason.clone())
+        .collect()
+}
+
+/// Records `rescan` on a release's planned status: `status.rescan` and the Vulnerable
+/// condition. Returns the Event to publish when something changed, and whether it blocks.
+pub fn fold(
+    release: &ModelRelease,
+    status: &mut ModelReleaseStatus,
+    rescan: RescanStatus,
+    now: Timestamp,
+) -> Option<release_plan::Notice> {
+    if status.rescan.as_ref() == Some(&rescan) {
+        return None;
+    }
+    let blocked = blocked_reasons(&rescan);
+    let was = conditions::is_true(&status.conditions, conditions::VULNERABLE);
+    let value = !blocked.is_empty();
+    let (why, message) = if value {
+        (
+            reason::VULNERABLE,
+            format!(
+                "rescan scheduled at {} blocks the running release: {}",
+                rescan.scheduled_at,
+                blocked.join("; ")
+            ),
+        )
+    } else {
+        (
+            reason::RESCAN_PASSED,
+            format!(
+                "rescan scheduled at {} passed every gate",
+                rescan.scheduled_at
+            ),
+        )
+    };
+    conditions::set(
+        &mut status.conditions,
+        conditions::VULNERABLE,
+        value,
+        why,
+        &message,
+        release.metadata.generation,
+        &Time(now),
+    );
+    status.rescan = Some(rescan);
+    (value || value != was).then_some(release_plan::Notice {
+        warning: value,
+        reason: why,
+        note: message,
+        task_run: None,
+    })
+}
+
+/// The TaskRuns of `release`'s scheduled rescans (read fresh by the release controller).
+pub async fn task_runs_of(ctx: &Ctx, release: &ModelRelease) -> Result<Vec<TaskRun>, Error> {
+    let lp = ListParams::default().labels(&format!("{LABEL_RESCAN_OF}={}", release.name_any()));
+    Api::<TaskRun>::namespaced(ctx.client.clone(), &release.namespace().unwrap_or_default())
+        .list(&lp)
+        .await
+        .map_err(api("list-rescan-taskruns"))
+        .map(|l| l.items)
 }
 
 /// The verdicts of the newest scheduled rescan of `release` whose TaskRuns all finished.
-fn latest_rescan(
+pub fn latest_rescan(
     pipeline: &SecurePipeline,
     release: &ModelRelease,
     runs: &[TaskRun],
@@ -346,178 +412,50 @@ fn made_by_sluice(tr: &TaskRun, release: &ModelRelease, pipeline: &SecurePipelin
         && tekton::provenance_problem(tr, release, pipeline, stage, image, None).is_none()
 }
 
-/// Writes the rescan and the Vulnerable condition to the release when they changed.
-fn spec_rollback(pipeline: &SecurePipeline) -> bool {
+/// Whether the pipeline restores an earlier release when a rescan blocks the live one.
+pub fn spec_rollback(pipeline: &SecurePipeline) -> bool {
     pipeline.spec.rescan.as_ref().and_then(|r| r.on_finding) == Some(OnFinding::Rollback)
 }
 
-/// The newest earlier Released release of the same Deployment that no rescan marked Vulnerable.
-pub fn last_passing<'a>(
+fn key(r: &ModelRelease) -> (Option<Timestamp>, String) {
+    (
+        r.metadata.creation_timestamp.clone().map(|t| t.0),
+        r.name_any(),
+    )
+}
+
+/// The newest earlier release of the same Deployment that was Released and rolled out.
+fn previous_released<'a>(
     release: &ModelRelease,
     releases: &'a [ModelRelease],
 ) -> Option<&'a ModelRelease> {
-    let key = |r: &ModelRelease| {
-        (
-            r.metadata.creation_timestamp.clone().map(|t| t.0),
-            r.name_any(),
-        )
-    };
     releases
         .iter()
         .filter(|r| r.spec.target.deployment == release.spec.target.deployment)
         .filter(|r| key(r) < key(release))
         .filter(|r| {
-            r.status.as_ref().is_some_and(|s| {
-                s.phase == Phase::Released
-                    && s.rollout.is_some()
-                    && !conditions::is_true(&s.conditions, conditions::VULNERABLE)
-            })
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Released && s.rollout.is_some())
         })
         .max_by_key(|r| key(r))
 }
 
-/// Restores `to`'s image on the Deployment the way a rollout sets it.
-async fn restore(ctx: &Ctx, release: &ModelRelease, to: &ModelRelease) -> Result<String, Error> {
-    let image = to
-        .status
-        .as_ref()
-        .and_then(|s| s.rollout.as_ref())
-        .map(|r| r.image.clone())
-        .unwrap_or_default();
-    let target = &release.spec.target;
-    let body = crate::rollout::image_apply(
-        &target.deployment,
-        &target.container,
-        &image,
-        Some(&to.name_any()),
-    );
-    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
-        ctx.client.clone(),
-        &release.namespace().unwrap_or_default(),
-    )
-    .patch(
-        &target.deployment,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(api("apply-deployment-image"))?;
-    Ok(image)
-}
-
-async fn record(
-    ctx: &Ctx,
+/// The release an `onFinding: rollback` restores: the newest earlier Released release of the
+/// same Deployment, and only if its own latest rescan passed (an older release that is just as
+/// vulnerable is no refuge).
+pub fn last_passing<'a>(
     release: &ModelRelease,
-    rescan: RescanStatus,
-    blocked: &[String],
-    rollback: bool,
-    to: Option<&ModelRelease>,
-) -> Result<(), Error> {
-    let old = release.status.clone().unwrap_or_default();
-    if old.rescan.as_ref() == Some(&rescan) {
-        return Ok(());
-    }
-    let mut conds = old.conditions.clone();
-    let was = conditions::is_true(&conds, conditions::VULNERABLE);
-    let now = Time((ctx.now)());
-    let (value, why, message) = if blocked.is_empty() {
-        (
-            false,
-            reason::RESCAN_PASSED,
-            format!(
-                "rescan scheduled at {} passed every gate",
-                rescan.scheduled_at
-            ),
-        )
-    } else {
-        (
-            true,
-            reason::VULNERABLE,
-            format!(
-                "rescan scheduled at {} blocks the running release: {}",
-                rescan.scheduled_at,
-                blocked.join("; ")
-            ),
-        )
-    };
-    conditions::set(
-        &mut conds,
-        conditions::VULNERABLE,
-        value,
-        why,
-        &message,
-        release.metadata.generation,
-        &now,
-    );
-    let mut phase = old.phase;
-    let mut message = message;
-    if rollback {
-        let (ended, note) = match to {
-            Some(to) => {
-                let image = restore(ctx, release, to).await?;
-                (
-                    Phase::RolledBack,
-                    format!(
-                        "{message}; onFinding: rollback restored {} ({image})",
-                        to.name_any()
-                    ),
-                )
-            }
-            None => (
-                old.phase,
-                format!(
-                    "{message}; onFinding: rollback found no earlier release that still passes, so this one keeps running"
-                ),
-            ),
-        };
-        phase = ended;
-        message = note;
-        if phase == Phase::RolledBack {
-            for (t, v) in [
-                (conditions::READY, false),
-                (conditions::STALLED, true),
-                (conditions::RECONCILING, false),
-            ] {
-                conditions::set(
-                    &mut conds,
-                    t,
-                    v,
-                    reason::VULNERABLE,
-                    &message,
-                    release.metadata.generation,
-                    &now,
-                );
-            }
-        }
-    }
-    let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "ModelRelease", "status": {"rescan": rescan, "conditions": conds, "phase": phase}});
-    Api::<ModelRelease>::namespaced(ctx.client.clone(), &release.namespace().unwrap_or_default())
-        .patch_status(
-            &release.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(api("patch-release-rescan"))?;
-    if value {
-        for s in rescan
-            .stages
-            .iter()
-            .filter(|s| s.gate == Some(Verdict::Blocked))
-        {
-            ctx.metrics
-                .rescan_findings
-                .get_or_create(&StageLabels {
-                    stage: s.name.clone(),
-                })
-                .inc();
-        }
-    }
-    if value != was || value {
-        ctx.publish(release, value, why, "Rescan", message, None)
-            .await;
-    }
-    Ok(())
+    releases: &'a [ModelRelease],
+) -> Option<&'a ModelRelease> {
+    previous_released(release, releases).filter(|r| {
+        r.status.as_ref().is_some_and(|s| {
+            !conditions::is_true(&s.conditions, conditions::VULNERABLE)
+                && s.rescan
+                    .as_ref()
+                    .is_some_and(|scan| blocked_reasons(scan).is_empty())
+        })
+    })
 }
 
 #[cfg(test)]
