@@ -302,7 +302,10 @@ pub fn unhealthy(dep: &Deployment) -> Option<String> {
     let unavailable = status.unavailable_replicas.unwrap_or(0);
     (available < wanted || unavailable > 0).then(|| {
         format!(
-            "pods of the new ReplicaSet became unavailable while verifying: {available} of {wanted} available"
+            "pods of the new ReplicaSet became unavailable while verifying: {available} of {wanted} available ({} updated, {} total, {unavailable} unavailable, generation {generation} observed {})",
+            status.updated_replicas.unwrap_or(0),
+            status.replicas.unwrap_or(0),
+            status.observed_generation.unwrap_or(0)
         )
     })
 }

@@ -123,7 +123,11 @@ async fn releases_of_one_deployment_created_at_the_same_instant_roll_out_one_at_
             }
         }
         // At most one image change per rollout: no ReplicaSet for anything else.
-        assert_eq!(replica_set_images(&ns).await?, expected_images, "round {round}");
+        assert_eq!(
+            replica_set_images(&ns).await?,
+            expected_images,
+            "round {round}"
+        );
         assert_eq!(claim(&ns).await?, None, "the claim is given back");
     }
     // One image write per rollout: the Deployment controller counts pod-template revisions.
@@ -136,7 +140,11 @@ async fn releases_of_one_deployment_created_at_the_same_instant_roll_out_one_at_
         .annotations
         .and_then(|a| a.get("deployment.kubernetes.io/revision").cloned())
         .unwrap_or_default();
-    assert_eq!(revision, expected_images.len().to_string(), "template revisions");
+    assert_eq!(
+        revision,
+        expected_images.len().to_string(),
+        "template revisions"
+    );
     Ok(())
 }
 
@@ -181,7 +189,11 @@ async fn a_release_deleted_mid_rollout_restores_the_previous_image_first() -> an
         })
     })
     .await?;
-    assert_eq!(ns.target_image().await?, STABLE, "the previous image is back");
+    assert_eq!(
+        ns.target_image().await?,
+        STABLE,
+        "the previous image is back"
+    );
     ns.wait_available(TIMEOUT).await?;
     assert_eq!(claim(&ns).await?, None, "the claim is given back");
     Ok(())
@@ -198,7 +210,11 @@ async fn a_task_that_cannot_be_resolved_is_retried_and_the_release_goes_on() -> 
     let retrying = eventually("a retry of dependency-audit", TIMEOUT, POLL, async || {
         let r = api.get("retried").await?;
         let status = r.status.clone().unwrap_or_default();
-        let stage = status.stages.iter().find(|s| s.name == "dependency-audit").cloned();
+        let stage = status
+            .stages
+            .iter()
+            .find(|s| s.name == "dependency-audit")
+            .cloned();
         Ok(match stage {
             Some(s) if s.retries > 0 => ControlFlow::Break(s),
             _ => ControlFlow::Continue(format!("{:?}", status.stages)),
@@ -211,7 +227,12 @@ async fn a_task_that_cannot_be_resolved_is_retried_and_the_release_goes_on() -> 
     assert_ne!(phase(&api.get("retried").await?), Phase::Blocked);
     // The Task comes back; the next attempt runs it.
     let mut task: serde_json::Value = serde_json::from_str(&task)?;
-    for field in ["resourceVersion", "uid", "creationTimestamp", "managedFields"] {
+    for field in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "managedFields",
+    ] {
         if let Some(m) = task["metadata"].as_object_mut() {
             m.remove(field);
         }
@@ -232,7 +253,10 @@ async fn a_task_that_cannot_be_resolved_is_retried_and_the_release_goes_on() -> 
     assert_eq!(audit.gate, Some(Verdict::Passed), "{audit:?}");
     assert!(audit.retries >= 1);
     assert!(
-        audit.task_run.as_deref().is_some_and(|t| t.contains("retry")),
+        audit
+            .task_run
+            .as_deref()
+            .is_some_and(|t| t.contains("retry")),
         "{audit:?}"
     );
     // The failed attempt stays as evidence: one TaskRun per attempt, never two of one attempt.
@@ -240,7 +264,11 @@ async fn a_task_that_cannot_be_resolved_is_retried_and_the_release_goes_on() -> 
     let audits = runs
         .iter()
         .filter(|t| {
-            t.metadata.labels.as_ref().and_then(|l| l.get("sluice.dev/stage")).map(String::as_str)
+            t.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("sluice.dev/stage"))
+                .map(String::as_str)
                 == Some("dependency-audit")
         })
         .count();
@@ -264,7 +292,11 @@ async fn a_test_run_that_collected_nothing_blocks_the_release() -> anyhow::Resul
         .wait_phase("empty-suite", &[Phase::Blocked, Phase::Signing], TIMEOUT)
         .await?;
     assert_eq!(phase(&r), Phase::Blocked, "{}", ready_reason(&r));
-    assert!(ready_reason(&r).contains("0 tests ran"), "{}", ready_reason(&r));
+    assert!(
+        ready_reason(&r).contains("0 tests ran"),
+        "{}",
+        ready_reason(&r)
+    );
     Ok(())
 }
 
@@ -286,9 +318,15 @@ async fn stage_results_with_multi_byte_characters_at_every_offset_block_and_neve
         names.push(name);
     }
     for name in &names {
-        let r = ns.wait_phase(name, &[Phase::Blocked, Phase::Signing], TIMEOUT).await?;
+        let r = ns
+            .wait_phase(name, &[Phase::Blocked, Phase::Signing], TIMEOUT)
+            .await?;
         assert_eq!(phase(&r), Phase::Blocked, "{name}: {}", ready_reason(&r));
-        assert!(ready_reason(&r).contains("malformed"), "{name}: {}", ready_reason(&r));
+        assert!(
+            ready_reason(&r).contains("malformed"),
+            "{name}: {}",
+            ready_reason(&r)
+        );
     }
     // The operator lived through all of them: a clean release still goes through.
     ns.release("after-utf8", &clean_sims()).await?;
@@ -331,16 +369,27 @@ async fn a_pipeline_edited_mid_release_does_not_change_how_it_is_judged_or_rolle
         .env("KUBECONFIG", sluice_e2e::state_dir().join("kubeconfig"))
         .args(["approve", "pinned", "-n", &ns.name, "--digest", &digest])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = ns.wait_phase("pinned", ENDED, TIMEOUT).await?;
     assert_eq!(phase(&r), Phase::Released, "{}", ready_reason(&r));
     let status = r.status.clone().unwrap_or_default();
-    assert_eq!(status.pipeline.and_then(|p| p.generation), Some(started_with));
+    assert_eq!(
+        status.pipeline.and_then(|p| p.generation),
+        Some(started_with)
+    );
     assert_eq!(ns.target_image().await?, format!("{REPOSITORY}@{digest}"));
     // A new release is judged by the edited pipeline: the medium finding now blocks.
     ns.release("after-edit", &sims).await?;
     let r = ns
-        .wait_phase("after-edit", &[Phase::Blocked, Phase::Signing, Phase::Released], TIMEOUT)
+        .wait_phase(
+            "after-edit",
+            &[Phase::Blocked, Phase::Signing, Phase::Released],
+            TIMEOUT,
+        )
         .await?;
     assert_eq!(phase(&r), Phase::Blocked, "{}", ready_reason(&r));
     Ok(())
@@ -381,7 +430,13 @@ async fn rescans_of_the_live_release_survive_history_keep_one() -> anyhow::Resul
         let runs = rescan_runs(&ns).await?;
         let schedules: BTreeSet<String> = runs
             .iter()
-            .filter_map(|t| t.metadata.labels.as_ref()?.get("sluice.dev/rescan-at").cloned())
+            .filter_map(|t| {
+                t.metadata
+                    .labels
+                    .as_ref()?
+                    .get("sluice.dev/rescan-at")
+                    .cloned()
+            })
             .collect();
         Ok(match recorded {
             Some(rescan) if schedules.len() >= 2 => {
@@ -396,10 +451,71 @@ async fn rescans_of_the_live_release_survive_history_keep_one() -> anyhow::Resul
         })
     })
     .await?;
-    assert_eq!(ns.task_runs("live").await?.len(), 5, "the live release keeps its TaskRuns");
+    assert_eq!(
+        ns.task_runs("live").await?.len(),
+        5,
+        "the live release keeps its TaskRuns"
+    );
     let pv = ns
         .pipeline_condition("predictor", conditions::VULNERABLE, "False")
         .await?;
     assert!(pv.message.contains("passed"), "{}", pv.message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_that_goes_unready_while_verifying_rolls_the_release_back() -> anyhow::Result<()> {
+    let ns = setup("unhealthy", 30).await?;
+    ns.kubectl(&[
+        "patch",
+        "securepipeline",
+        "predictor",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"rollout":{"unhealthyGraceSeconds":2}}}"#,
+    ])?;
+    let digest = ns.push_image("unhealthy")?;
+    // The DAST scan keeps running, so the release stays Verifying while its pods go bad.
+    ns.release_holding("sickly", &built(&digest), "dast")
+        .await?;
+    ns.wait_phase("sickly", &[Phase::Verifying], TIMEOUT)
+        .await?;
+    let want = format!("{REPOSITORY}@{digest}");
+    let pods = ns
+        .api::<k8s_openapi::api::core::v1::Pod>()
+        .list(&ListParams::default().labels("app=predictor"))
+        .await?;
+    let pod = pods
+        .items
+        .iter()
+        .find(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.spec.as_ref().is_some_and(|s| {
+                    s.containers
+                        .iter()
+                        .any(|c| c.image.as_deref() == Some(want.as_str()))
+                })
+        })
+        .and_then(|p| p.metadata.name.clone())
+        .expect("a pod of the new ReplicaSet");
+    // Its readiness probe starts failing (kwok leaves a Running pod's status alone).
+    ns.kubectl(&[
+        "patch",
+        "pod",
+        &pod,
+        "--subresource=status",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"False","reason":"ProbeFailed"}]}}"#,
+    ])?;
+    let r = ns.wait_phase("sickly", ENDED, TIMEOUT).await?;
+    assert_eq!(phase(&r), Phase::RolledBack, "{}", ready_reason(&r));
+    assert!(
+        ready_reason(&r).contains("unavailable"),
+        "{}",
+        ready_reason(&r)
+    );
+    assert_eq!(ns.target_image().await?, STABLE);
+    assert_eq!(claim(&ns).await?, None);
     Ok(())
 }

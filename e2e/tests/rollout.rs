@@ -651,5 +651,19 @@ async fn a_vulnerable_release_with_on_finding_rollback_restores_the_last_passing
     ns.wait_available(TIMEOUT).await?;
     let first_release = ns.api::<ModelRelease>().get("predictor-90").await?;
     assert_eq!(first_release.status.map(|s| s.phase), Some(Phase::Released));
+    // Through the rollout path: the restore was followed to the end, shown on the Deployment,
+    // and the claim given back.
+    assert!(
+        ready_reason(&r).contains("runs 127.0.0.1:35000/evip/predictor@"),
+        "{}",
+        ready_reason(&r)
+    );
+    assert_deployment_event(&ns, "SluiceRollback")?;
+    let dep = ns.api::<Deployment>().get("predictor").await?;
+    assert!(
+        dep.metadata
+            .annotations
+            .is_none_or(|a| !a.contains_key(sluice::rollout::ANNOTATION_CLAIM))
+    );
     Ok(())
 }

@@ -408,6 +408,17 @@ pub struct RolloutPolicy {
     #[serde(default = "default_rollout_deadline")]
     #[schemars(range(min = 10, max = 86400))]
     pub deadline_seconds: u32,
+    /// Seconds the Deployment may stay unhealthy (a pod of the new ReplicaSet unready or crash-looping) while post-deploy stages run before the release rolls back (default 15).
+    #[serde(default = "default_health_grace")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub unhealthy_grace_seconds: u32,
+}
+
+/// The health grace when the pipeline sets none.
+pub const DEFAULT_UNHEALTHY_GRACE_SECONDS: u32 = 15;
+
+fn default_health_grace() -> u32 {
+    DEFAULT_UNHEALTHY_GRACE_SECONDS
 }
 
 /// The rollout deadline when the pipeline sets none.
@@ -418,6 +429,15 @@ fn default_rollout_deadline() -> u32 {
 }
 
 impl SecurePipelineSpec {
+    /// How long a Deployment may stay unhealthy while its release is verified, in seconds.
+    pub fn unhealthy_grace_seconds(&self) -> u32 {
+        self.rollout
+            .as_ref()
+            .map_or(DEFAULT_UNHEALTHY_GRACE_SECONDS, |r| {
+                r.unhealthy_grace_seconds
+            })
+    }
+
     /// Sluice's rollout deadline for this pipeline, in seconds.
     pub fn rollout_deadline_seconds(&self) -> u32 {
         self.rollout

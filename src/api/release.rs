@@ -400,6 +400,9 @@ pub struct RolloutStatus {
     /// When previousImage was applied again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_started_at: Option<String>,
+    /// Since when the Deployment has been unhealthy while verifying (RFC 3339); cleared when it recovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_since: Option<String>,
     /// The condition reason the rollback ends with (RolledBack, or Vulnerable after a rescan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_cause: Option<String>,

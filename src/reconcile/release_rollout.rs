@@ -486,6 +486,37 @@ impl<'a> Rollout<'a> {
         Ok(())
     }
 
+    /// Whether the Deployment has been unhealthy for longer than the pipeline's grace: one
+    /// observation of an unready pod is not a verdict (a probe can flap), a sustained one is.
+    /// Records when it started, or clears that once the Deployment recovers.
+    fn unhealthy_too_long(&mut self, dep: &Deployment, rollout: &RolloutStatus) -> bool {
+        let mut tracked = rollout.clone();
+        let Some(why) = rollout::unhealthy(dep) else {
+            tracked.unhealthy_since = None;
+            self.status.rollout = Some(tracked);
+            return false;
+        };
+        let since = rollout
+            .unhealthy_since
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .unwrap_or(self.now);
+        let grace = self.pipeline.spec.unhealthy_grace_seconds();
+        if rollout::past_deadline(Some(since), self.now, grace) {
+            return true;
+        }
+        tracked.unhealthy_since = Some(since.to_string());
+        self.status.rollout = Some(tracked);
+        let message = format!("{why}; rolling back unless it recovers within {grace}s of {since}");
+        self.set(
+            Phase::Verifying,
+            Kind::Progressing,
+            reason::UNHEALTHY,
+            message,
+        );
+        false
+    }
+
     fn vulnerable_rollback_due(&self) -> bool {
         self.rescan_rollback && conditions::is_true(&self.status.conditions, conditions::VULNERABLE)
     }
@@ -808,7 +839,8 @@ impl<'a> Rollout<'a> {
             let previous = self.status.previous_image.clone().unwrap_or_default();
             match rollout::step(&dep, self.release, &container, &previous, &rollout.image) {
                 Step::Follow(_) => {
-                    if let Some(why) = rollout::unhealthy(&dep) {
+                    if self.unhealthy_too_long(&dep, &rollout) {
+                        let why = rollout::unhealthy(&dep).unwrap_or_default();
                         return self.begin_rollback(why, reason::UNHEALTHY).await;
                     }
                 }
@@ -918,12 +950,17 @@ impl<'a> Rollout<'a> {
             .as_deref()
             .and_then(|t| t.parse().ok());
         let deadline = self.pipeline.spec.rollout_deadline_seconds();
+        // The Deployment's own progress deadline is not the judge of a restore: the image ran
+        // before, and old pods still terminating can trip a short deadline. Sluice's is.
         let progress = match rollout::progress(&dep, since, self.now) {
-            Progress::InProgress(m) if rollout::past_deadline(since, self.now, deadline) => {
+            Progress::InProgress(m) | Progress::Failed(m)
+                if rollout::past_deadline(since, self.now, deadline) =>
+            {
                 Progress::Failed(format!(
                     "not complete after Sluice's deadline of {deadline}s ({m})"
                 ))
             }
+            Progress::Failed(m) => Progress::InProgress(m),
             p => p,
         };
         match progress {

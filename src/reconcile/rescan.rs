@@ -31,7 +31,8 @@ pub const LABEL_RESCAN_OF: &str = "sluice.dev/rescan-of";
 /// Label on rescan TaskRuns: the scheduled time, Unix seconds.
 pub const LABEL_RESCAN_AT: &str = "sluice.dev/rescan-at";
 
-fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
+/// Parses a cron schedule (five fields, or six with leading seconds), UTC.
+pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
     croner::Cron::new(schedule)
         .with_seconds_optional()
         .parse()

@@ -111,7 +111,10 @@ pub fn envelope(signer: &dyn Signer, statement: &[u8]) -> Result<Vec<u8>, Signin
 }
 
 /// The statement inside `data` when it is a DSSE envelope signed by `key`.
-fn open(data: &[u8], key: &sigstore::crypto::CosignVerificationKey) -> Result<Statement, String> {
+pub fn open(
+    data: &[u8],
+    key: &sigstore::crypto::CosignVerificationKey,
+) -> Result<Statement, String> {
     let envelope: Envelope =
         serde_json::from_slice(data).map_err(|e| format!("not a DSSE envelope: {e}"))?;
     if envelope.payload_type != INTOTO_PAYLOAD_TYPE {
