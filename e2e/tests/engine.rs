@@ -304,18 +304,21 @@ async fn a_test_run_that_collected_nothing_blocks_the_release() -> anyhow::Resul
 async fn stage_results_with_multi_byte_characters_at_every_offset_block_and_never_crash()
 -> anyhow::Result<()> {
     let ns = TestNamespace::new("utf8").await?;
-    // serde_json names the unknown field in its error, which Sluice cuts at 200 bytes: put a
-    // multi-byte character across that cut at every offset.
+    // serde_json names the unknown field in its error ("unknown field `…", 15 bytes before the
+    // name), which Sluice cuts at 200 bytes: put each kind of multi-byte character across that
+    // cut at every byte offset it has (the old `String::truncate` panicked there).
     let mut names = Vec::new();
-    for (i, pad) in (190..206).enumerate() {
-        let ch = ["é", "€", "😀"][i % 3];
-        let field = format!("{}{}", "x".repeat(pad), ch.repeat(20));
-        let findings = format!(r#"{{"critical":0,"{field}":1}}"#);
-        let mut sims = clean_sims();
-        sims[1] = ("dependency-audit", Sim::results(&[("FINDINGS", &findings)]));
-        let name = format!("utf8-{pad}");
-        ns.release(&name, &sims).await?;
-        names.push(name);
+    for (i, ch) in ["é", "€", "😀"].into_iter().enumerate() {
+        for offset in 0..ch.len() {
+            let pad = 180 + offset;
+            let field = format!("{}{}", "x".repeat(pad), ch.repeat(20));
+            let findings = format!(r#"{{"critical":0,"{field}":1}}"#);
+            let mut sims = clean_sims();
+            sims[1] = ("dependency-audit", Sim::results(&[("FINDINGS", &findings)]));
+            let name = format!("utf8-{i}-{offset}");
+            ns.release(&name, &sims).await?;
+            names.push(name);
+        }
     }
     for name in &names {
         let r = ns
