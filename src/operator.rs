@@ -45,7 +45,7 @@ struct Web {
 
 /// Runs until a signal arrives or leadership is lost.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
+    let client = operator_client().await?;
     let metrics: SharedMetrics = Arc::new(Metrics::default());
     let web = Web {
         metrics: metrics.clone(),
@@ -138,7 +138,7 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     let pipelines: Api<SecurePipeline> = Api::all(client.clone());
     let task_runs: Api<TaskRun> = Api::all(client.clone());
     let task_runs_all = task_runs.clone();
-    let wc = watcher::Config::default().any_semantic();
+    let wc = watch_config().any_semantic();
 
     let release_controller = Controller::new(releases.clone(), wc.clone());
     let release_store = release_controller.store();
@@ -146,14 +146,11 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     let deployment_store = release_store.clone();
     let sibling_store = release_store.clone();
     let release_loop = release_controller
-        .owns(
-            task_runs,
-            watcher::Config::default().labels(crate::api::LABEL_RELEASE),
-        )
+        .owns(task_runs, watch_config().labels(crate::api::LABEL_RELEASE))
         // Rescan TaskRuns carry no release label (the release's own stages never see them).
         .watches(
             task_runs_all.clone(),
-            watcher::Config::default().labels(reconcile::rescan::LABEL_RESCAN_OF),
+            watch_config().labels(reconcile::rescan::LABEL_RESCAN_OF),
             |tr: TaskRun| {
                 let of = tr.labels().get(reconcile::rescan::LABEL_RESCAN_OF).cloned();
                 tr.namespace()
@@ -225,7 +222,7 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     let pipeline_loop = Controller::new(pipelines, wc.clone())
         .watches(
             Api::<TaskRun>::all(client.clone()),
-            watcher::Config::default().labels(reconcile::rescan::LABEL_RESCAN_OF),
+            watch_config().labels(reconcile::rescan::LABEL_RESCAN_OF),
             |tr: TaskRun| {
                 let pipeline = tr.labels().get(crate::api::LABEL_PIPELINE).cloned();
                 tr.namespace()
@@ -253,6 +250,24 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     info!("controllers started");
     tokio::join!(release_loop, pipeline_loop);
     info!("controllers stopped");
+}
+
+/// Seconds the API server keeps one watch open before it ends it cleanly.
+const WATCH_SECONDS: u32 = 40;
+
+/// Every watch ends after `WATCH_SECONDS` and resumes from its resourceVersion: with the client's
+/// read timeout above it, a watch whose connection died with its API server (a SIGKILL leaves a
+/// half-open stream behind) is noticed within a minute, not after the default five.
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_SECONDS)
+}
+
+/// The client of `sluice run`: a read timeout that only a dead connection hits (every watch
+/// ends sooner, see `watch_config`), so the caches never silently go stale.
+async fn operator_client() -> anyhow::Result<Client> {
+    let mut config = kube::Config::infer().await?;
+    config.read_timeout = Some(Duration::from_secs(u64::from(WATCH_SECONDS) + 20));
+    Ok(Client::try_from(config)?)
 }
 
 /// How long in-flight reconciles may finish after a shutdown signal; they are idempotent, so

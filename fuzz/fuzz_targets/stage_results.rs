@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sluice::{
-    api::Stage,
+    api::{Stage, pipeline::Exception},
     gates::{GateContext, RunOutcome, judge, results::StageResults},
 };
 
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     // The first line picks the result's name, the rest is its value; also the failure message.
     let (name, value) = text.split_once('\n').unwrap_or(("FINDINGS", &text));
-    let exceptions = serde_json::from_str(
+    let exceptions: Vec<Exception> = serde_json::from_str(
         r#"[{"id":"PYSEC-1","reason":"r","expires":"2099-01-01"}]"#,
     )
     .unwrap_or_default();

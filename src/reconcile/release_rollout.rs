@@ -352,35 +352,52 @@ impl<'a> Rollout<'a> {
     }
 
     /// Adds the finalizer before the Deployment is touched, so a deletion from then on first
-    /// undoes the rollout.
+    /// undoes the rollout. The copy in the cache may lag behind the API server: when the
+    /// precondition fails, the release is read fresh and the finalizer added to that.
     async fn add_finalizer(&self) -> Result<(), Error> {
         if self.has_finalizer() {
             return Ok(());
         }
-        let rv = self.release.resource_version().unwrap_or_default();
-        let ops = if self.release.finalizers().is_empty() {
-            json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-                   {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER_ROLLOUT]}])
-        } else {
-            json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-                   {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER_ROLLOUT}])
-        };
-        self.patch_release_json(ops, "add-finalizer").await
+        match self
+            .patch_release_json(finalizer_ops(self.release), "add-finalizer")
+            .await
+        {
+            Err(Error::Stale(_)) => {}
+            other => return other,
+        }
+        let api_ = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace());
+        let fresh = api_
+            .get(&self.release.name_any())
+            .await
+            .map_err(api("get-release"))?;
+        if fresh.finalizers().iter().any(|f| f == FINALIZER_ROLLOUT) {
+            return Ok(());
+        }
+        self.patch_release_json(finalizer_ops(&fresh), "add-finalizer")
+            .await
     }
 
+    /// Drops the finalizer; like `add_finalizer`, from a fresh read when the cache lags.
     async fn remove_finalizer(&self) -> Result<(), Error> {
-        let Some(i) = self
-            .release
-            .finalizers()
-            .iter()
-            .position(|f| f == FINALIZER_ROLLOUT)
+        let Some(ops) = unfinalize_ops(self.release) else {
+            return Ok(());
+        };
+        match self.patch_release_json(ops, "remove-finalizer").await {
+            Err(Error::Stale(_)) => {}
+            other => return other,
+        }
+        let api_ = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace());
+        let Some(fresh) = api_
+            .get_opt(&self.release.name_any())
+            .await
+            .map_err(api("get-release"))?
         else {
             return Ok(());
         };
-        let path = format!("/metadata/finalizers/{i}");
-        let ops = json!([{"op": "test", "path": path, "value": FINALIZER_ROLLOUT},
-                         {"op": "remove", "path": path}]);
-        self.patch_release_json(ops, "remove-finalizer").await
+        match unfinalize_ops(&fresh) {
+            Some(ops) => self.patch_release_json(ops, "remove-finalizer").await,
+            None => Ok(()),
+        }
     }
 
     async fn patch_release_json(
@@ -1003,6 +1020,31 @@ impl<'a> Rollout<'a> {
         }
         Ok(())
     }
+}
+
+/// A JSON patch adding Sluice's finalizer to `release`, valid only against its resourceVersion.
+fn finalizer_ops(release: &ModelRelease) -> serde_json::Value {
+    let rv = release.resource_version().unwrap_or_default();
+    if release.finalizers().is_empty() {
+        json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+               {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER_ROLLOUT]}])
+    } else {
+        json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+               {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER_ROLLOUT}])
+    }
+}
+
+/// A JSON patch removing Sluice's finalizer from `release`, if it has it.
+fn unfinalize_ops(release: &ModelRelease) -> Option<serde_json::Value> {
+    let i = release
+        .finalizers()
+        .iter()
+        .position(|f| f == FINALIZER_ROLLOUT)?;
+    let path = format!("/metadata/finalizers/{i}");
+    Some(
+        json!([{"op": "test", "path": path, "value": FINALIZER_ROLLOUT},
+                {"op": "remove", "path": path}]),
+    )
 }
 
 /// Parameters of Sluice's merge patches: its field manager, so `managedFields` says who wrote.

@@ -115,6 +115,7 @@ async fn main() -> Result<()> {
     for d in 0..plan.deployments {
         create_target(&ns, &format!("target-{d}")).await?;
     }
+    never_ready_pipeline(&ns)?;
     let planned = plan_releases(&ns, &plan, &mut rng)?;
     let started = jiff::Timestamp::now();
     let t0 = Instant::now();
@@ -136,6 +137,24 @@ async fn main() -> Result<()> {
             .entry(r.status.map_or(Phase::Pending, |s| s.phase).as_str())
             .or_default() += 1;
     }
+    for r in ns
+        .api::<ModelRelease>()
+        .list(&ListParams::default())
+        .await?
+        .items
+    {
+        let s = r.status.clone().unwrap_or_default();
+        if matches!(s.phase, Phase::Failed | Phase::RolledBack) {
+            let why = sluice::api::conditions::get(&s.conditions, "Ready")
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            println!(
+                "soak: {} {:?}: {why}",
+                r.metadata.name.clone().unwrap_or_default(),
+                s.phase
+            );
+        }
+    }
     println!(
         "soak: settled after {:?}: {phases:?}, {} deleted mid-rollout",
         t0.elapsed(),
@@ -154,6 +173,20 @@ async fn main() -> Result<()> {
     check_images_verify(&ns, started, &mut report).await?;
     check_no_secrets(&ns, &mut report).await?;
     report.finish()
+}
+
+/// Pipeline `never-ready`: the same stages, building into the repository whose pods kwok never
+/// makes ready (so a rollout of it stays in flight until it is deleted).
+fn never_ready_pipeline(ns: &TestNamespace) -> Result<()> {
+    let text = ns.kubectl(&["get", "securepipeline", "predictor", "-o", "json"])?;
+    let mut p: serde_json::Value = serde_json::from_str(&text)?;
+    p["metadata"] = json!({"name": "never-ready"});
+    p["spec"]["image"]["repository"] = json!(NEVER_READY);
+    p.as_object_mut().map(|o| o.remove("status"));
+    let path = std::env::temp_dir().join(format!("{}-never-ready.json", ns.name));
+    std::fs::write(&path, p.to_string())?;
+    ns.kubectl(&["apply", "-f", &path.to_string_lossy()])?;
+    Ok(())
 }
 
 /// Creates Deployment `name` running STABLE (2 replicas) on the kwok node.
@@ -188,14 +221,15 @@ fn plan_releases(ns: &TestNamespace, plan: &Plan, rng: &mut Rng) -> Result<Vec<P
         // Releases 2k and 2k+1 share a Deployment, so they can be created as a pair.
         let deployment = format!("target-{}", (i / 2) % plan.deployments);
         // The first few cover every script once; the rest are drawn.
+        let last = plan.releases - 1;
         let script = match (i, rng.below(10)) {
-            (2, _) => Script::DeletedMidRollout,
+            // The newest of two Deployments, so nothing supersedes them before they roll out.
+            (i, _) if i == last || i + 2 == last => Script::DeletedMidRollout,
             (4, _) => Script::DastBlocks,
             (6, _) => Script::Blocked,
             (_, r) => match r {
                 0 => Script::Blocked,
                 1 => Script::DastBlocks,
-                2 => Script::DeletedMidRollout,
                 _ => Script::Clean,
             },
         };
@@ -274,7 +308,16 @@ async fn create_all(
                 let phase = r.as_ref().and_then(|r| r.status.as_ref()).map(|s| s.phase);
                 Ok(match phase {
                     Some(Phase::RollingOut) => std::ops::ControlFlow::Break(true),
-                    Some(p) if p.is_final() => std::ops::ControlFlow::Break(false),
+                    Some(p) if p.is_final() => {
+                        let why = r
+                            .as_ref()
+                            .and_then(|r| r.status.as_ref())
+                            .and_then(|s| sluice::api::conditions::get(&s.conditions, "Ready"))
+                            .map(|c| c.message.clone())
+                            .unwrap_or_default();
+                        println!("soak: {name} ended {p:?} before its rollout: {why}");
+                        std::ops::ControlFlow::Break(false)
+                    }
                     other => std::ops::ControlFlow::Continue(format!("{other:?}")),
                 })
             },
@@ -289,7 +332,10 @@ async fn create_all(
 }
 
 async fn create(ns: &TestNamespace, p: &Planned) -> Result<()> {
-    let spec = json!({"target": {"deployment": p.deployment, "container": "server"}});
+    let mut spec = json!({"target": {"deployment": p.deployment, "container": "server"}});
+    if p.script == Script::DeletedMidRollout {
+        spec["pipelineRef"] = json!({"name": "never-ready"});
+    }
     ns.release_with(&p.name, &sims(p), spec).await?;
     Ok(())
 }
