@@ -1,18 +1,29 @@
 # The README's two commands are `make demo` and `make test`.
-.PHONY: demo test unit e2e lint crds check-crds bundle cluster-up cluster-down
+.PHONY: demo test unit e2e soak soak-short fuzz lint crds check-crds bundle cluster-up cluster-down
 
 CARGO ?= cargo
 
 demo:
 	e2e/demo
 
-test: unit e2e
+test: unit e2e soak-short fuzz
 
 unit:
 	$(CARGO) test --workspace --exclude sluice-e2e
 
 e2e:
 	e2e/run-tests
+
+# The release engine under faults; the short form is part of `make test`.
+soak:
+	e2e/soak
+
+soak-short:
+	e2e/soak --short
+
+FUZZ_SECONDS ?= 15
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run
 
 lint:
 	$(CARGO) fmt --all --check
