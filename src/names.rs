@@ -13,7 +13,9 @@ pub fn task_run_name(release: &str, stage: &str) -> String {
     }
     let hash = hex8(&full);
     let keep = MAX_NAME_LEN - hash.len() - 1;
-    let prefix = full[..keep].trim_end_matches(['-', '.']);
+    // Kubernetes names are ASCII, but this must not panic on anything: cut on a char boundary.
+    let prefix = crate::text::bounded(&full, keep);
+    let prefix = prefix.trim_end_matches(['-', '.']);
     format!("{prefix}-{hash}")
 }
 
@@ -65,6 +67,12 @@ mod tests {
             prop_assert!(n.len() <= MAX_NAME_LEN);
             prop_assert!(!n.ends_with('-') && !n.starts_with('-'));
             prop_assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        }
+
+        #[test]
+        fn any_text_gives_a_bounded_name_without_a_panic(release in ".{0,80}", stage in ".{0,40}") {
+            // Found by the image_reference fuzz target: a cut inside a multi-byte character.
+            prop_assert!(task_run_name(&release, &stage).len() <= MAX_NAME_LEN);
         }
     }
 }
