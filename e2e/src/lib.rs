@@ -169,15 +169,22 @@ impl TestNamespace {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        self.kubectl(&[
+        self.patch_pipeline(r#"{"spec":{"signing":{"secretRef":{"name":"cosign-key"}}}}"#)?;
+        Ok(())
+    }
+
+    /// Merge-patches the SecurePipeline `predictor` of this namespace.
+    pub fn patch_pipeline(&self, patch: &str) -> Result<()> {
+        let args = [
             "patch",
             "securepipeline",
             "predictor",
             "--type",
             "merge",
             "-p",
-            r#"{"spec":{"signing":{"secretRef":{"name":"cosign-key"}}}}"#,
-        ])?;
+            patch,
+        ];
+        self.kubectl(&args)?;
         Ok(())
     }
 
@@ -592,6 +599,24 @@ pub fn clean_sims() -> Vec<(&'static str, Sim)> {
         ("build", Sim::built(FAKE_DIGEST)),
         ("dast", Sim::findings(0, 0, 0, 1)),
     ]
+}
+
+/// The image of `container` in a ReplicaSet's pod template.
+pub fn replica_set_image(
+    rs: &k8s_openapi::api::apps::v1::ReplicaSet,
+    container: &str,
+) -> Option<String> {
+    rs.spec
+        .as_ref()?
+        .template
+        .as_ref()?
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == container)?
+        .image
+        .clone()
 }
 
 /// Runs an `e2e/operator` action (start, stop, kill).

@@ -55,19 +55,7 @@ async fn replica_set_images(ns: &TestNamespace) -> anyhow::Result<BTreeSet<Strin
     Ok(rs
         .items
         .iter()
-        .filter_map(|rs| {
-            rs.spec
-                .as_ref()?
-                .template
-                .as_ref()?
-                .spec
-                .as_ref()?
-                .containers
-                .iter()
-                .find(|c| c.name == "server")?
-                .image
-                .clone()
-        })
+        .filter_map(|rs| sluice_e2e::replica_set_image(rs, "server"))
         .collect())
 }
 
@@ -154,15 +142,7 @@ async fn a_release_deleted_mid_rollout_restores_the_previous_image_first() -> an
     let ns = setup("delete", 600).await?;
     let repo = "127.0.0.1:35000/never-ready/predictor";
     let digest = ns.push_image_to(&format!("{repo}:{}", ns.name), "deleted", None)?;
-    ns.kubectl(&[
-        "patch",
-        "securepipeline",
-        "predictor",
-        "--type",
-        "merge",
-        "-p",
-        &json!({"spec": {"image": {"repository": repo}}}).to_string(),
-    ])?;
+    ns.patch_pipeline(&json!({"spec": {"image": {"repository": repo}}}).to_string())?;
     let mut sims = clean_sims();
     sims[3] = ("build", Sim::built_in(repo, &digest));
     ns.release("doomed", &sims).await?;
@@ -411,15 +391,7 @@ async fn rescans_of_the_live_release_survive_history_keep_one() -> anyhow::Resul
     ns.release("blocked-later", &blocked).await?;
     ns.wait_phase("blocked-later", &[Phase::Blocked], TIMEOUT)
         .await?;
-    ns.kubectl(&[
-        "patch",
-        "securepipeline",
-        "predictor",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"history":{"keep":1},"rescan":{"schedule":"*/3 * * * * *","stages":["dependency-audit"]}}}"#,
-    ])?;
+    ns.patch_pipeline(r#"{"spec":{"history":{"keep":1},"rescan":{"schedule":"*/3 * * * * *","stages":["dependency-audit"]}}}"#)?;
     let api = ns.api::<ModelRelease>();
     let rescan_runs = |ns: &TestNamespace| {
         let lp = ListParams::default().labels("sluice.dev/rescan-of=live");
@@ -469,15 +441,7 @@ async fn rescans_of_the_live_release_survive_history_keep_one() -> anyhow::Resul
 #[tokio::test]
 async fn a_pod_that_goes_unready_while_verifying_rolls_the_release_back() -> anyhow::Result<()> {
     let ns = setup("unhealthy", 30).await?;
-    ns.kubectl(&[
-        "patch",
-        "securepipeline",
-        "predictor",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"rollout":{"unhealthyGraceSeconds":2}}}"#,
-    ])?;
+    ns.patch_pipeline(r#"{"spec":{"rollout":{"unhealthyGraceSeconds":2}}}"#)?;
     let digest = ns.push_image("unhealthy")?;
     // The DAST scan keeps running, so the release stays Verifying while its pods go bad.
     ns.release_holding("sickly", &built(&digest), "dast")

@@ -204,15 +204,7 @@ async fn signing_in_a_registry_that_needs_credentials_uses_the_secret_and_stalls
         Some(("sluice", "e2e-only-password")),
     )?;
     let patch = serde_json::json!({"spec": {"image": {"repository": repo}}}).to_string();
-    ns.kubectl(&[
-        "patch",
-        "securepipeline",
-        "predictor",
-        "--type",
-        "merge",
-        "-p",
-        &patch,
-    ])?;
+    ns.patch_pipeline(&patch)?;
     let built = Sim::results(&[
         ("IMAGE_URL", &format!("{repo}:3f2a9c1")),
         ("IMAGE_DIGEST", &digest),
@@ -249,15 +241,7 @@ async fn signing_in_a_registry_that_needs_credentials_uses_the_secret_and_stalls
         "--docker-password",
         "e2e-only-password",
     ])?;
-    ns.kubectl(&[
-        "patch",
-        "securepipeline",
-        "predictor",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"image":{"credentialsSecretRef":{"name":"registry-creds"}}}}"#,
-    ])?;
+    ns.patch_pipeline(r#"{"spec":{"image":{"credentialsSecretRef":{"name":"registry-creds"}}}}"#)?;
     let api = ns.api::<ModelRelease>();
     let signature = eventually("signed with credentials", TIMEOUT, POLL, async || {
         let r = api.get("predictor-73").await?;

@@ -361,15 +361,7 @@ async fn pods_that_never_become_ready_roll_back_to_the_previous_image() -> anyho
     let (ns, _) = setup("unready", 6).await?;
     let repo = "127.0.0.1:35000/never-ready/predictor";
     let digest = ns.push_image_to(&format!("{repo}:{}", ns.name), "unready", None)?;
-    ns.kubectl(&[
-        "patch",
-        "securepipeline",
-        "predictor",
-        "--type",
-        "merge",
-        "-p",
-        &json!({"spec": {"image": {"repository": repo}}}).to_string(),
-    ])?;
+    ns.patch_pipeline(&json!({"spec": {"image": {"repository": repo}}}).to_string())?;
     let mut sims = clean_sims();
     sims[3] = ("build", Sim::built_in(repo, &digest));
     ns.release("predictor-84", &sims).await?;
@@ -487,15 +479,9 @@ async fn a_rescan_that_finds_a_new_critical_cve_marks_the_running_release_vulner
         "predictor-87",
         &format!("sim.sluice.dev/dependency-audit.message={critical}"),
     ])?;
-    ns.kubectl(&[
-        "patch",
-        "securepipeline",
-        "predictor",
-        "--type",
-        "merge",
-        "-p",
+    ns.patch_pipeline(
         r#"{"spec":{"rescan":{"schedule":"*/2 * * * * *","stages":["dependency-audit"]}}}"#,
-    ])?;
+    )?;
     let vulnerable = ns
         .release_condition("predictor-87", conditions::VULNERABLE, "True")
         .await?;
@@ -529,15 +515,7 @@ async fn a_rescan_that_finds_a_new_critical_cve_marks_the_running_release_vulner
 async fn an_older_release_waiting_for_approval_is_superseded_and_its_taskruns_pruned()
 -> anyhow::Result<()> {
     let (ns, _) = setup("supersede", 30).await?;
-    ns.kubectl(&[
-        "patch",
-        "securepipeline",
-        "predictor",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"history":{"keep":1}}}"#,
-    ])?;
+    ns.patch_pipeline(r#"{"spec":{"history":{"keep":1}}}"#)?;
     let old_digest = ns.push_image("older")?;
     let new_digest = ns.push_image("newer")?;
     let mut sims = clean_sims();
@@ -625,15 +603,7 @@ async fn a_vulnerable_release_with_on_finding_rollback_restores_the_last_passing
         "predictor-91",
         &format!("sim.sluice.dev/dependency-audit.message={critical}"),
     ])?;
-    ns.kubectl(&[
-        "patch",
-        "securepipeline",
-        "predictor",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"rescan":{"schedule":"*/2 * * * * *","stages":["dependency-audit"],"onFinding":"rollback"}}}"#,
-    ])?;
+    ns.patch_pipeline(r#"{"spec":{"rescan":{"schedule":"*/2 * * * * *","stages":["dependency-audit"],"onFinding":"rollback"}}}"#)?;
     let r = ns
         .wait_phase("predictor-91", &[Phase::RolledBack], TIMEOUT)
         .await?;

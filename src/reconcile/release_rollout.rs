@@ -785,14 +785,7 @@ impl<'a> Rollout<'a> {
                 "Deployment {} was deleted during the rollout",
                 rollout.deployment
             );
-            self.rolled_out(false, reason::ROLLOUT_FAILED, &message);
-            self.set(
-                Phase::Failed,
-                Kind::Ended { failed: true },
-                reason::ROLLOUT_FAILED,
-                message,
-            );
-            self.count(Phase::Failed, reason::ROLLOUT_FAILED);
+            self.end_without_undo(reason::ROLLOUT_FAILED, message);
         }
         Ok(dep)
     }
@@ -951,13 +944,7 @@ impl<'a> Rollout<'a> {
                     "could not restore {previous}: Deployment {} no longer runs this release's image or its claim was taken; Sluice does not write over another image",
                     rollout.deployment
                 );
-                self.set(
-                    Phase::Failed,
-                    Kind::Ended { failed: true },
-                    reason::ROLLBACK_FAILED,
-                    message,
-                );
-                self.count(Phase::Failed, reason::ROLLBACK_FAILED);
+                self.end_without_undo(reason::ROLLBACK_FAILED, message);
                 return Ok(());
             }
         }

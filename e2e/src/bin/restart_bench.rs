@@ -51,6 +51,31 @@ async fn main() -> Result<()> {
         p.await??;
     }
     println!("restart-bench: created {n} TaskRuns in {:?}", t.elapsed());
+    // Finished TaskRuns, as an operator restarting in a busy cluster finds them: wait for Tekton.
+    eventually(
+        "Tekton finished the old TaskRuns",
+        Duration::from_secs(900),
+        Duration::from_secs(2),
+        async || {
+            let done = api
+                .list(&kube::api::ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|t| sluice::tekton::outcome(t).is_some())
+                .count();
+            Ok(if done >= n {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("{done} of {n} finished"))
+            })
+        },
+    )
+    .await?;
+    println!(
+        "restart-bench: Tekton finished them after {:?}",
+        t.elapsed()
+    );
 
     operator("kill")?;
     let start = Instant::now();

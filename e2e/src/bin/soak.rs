@@ -103,15 +103,7 @@ async fn main() -> Result<()> {
     let mut rng = Rng(seed);
     let ns = TestNamespace::new("soak").await?;
     ns.with_signing_key(PASSWORD)?;
-    ns.kubectl(&[
-        "patch",
-        "securepipeline",
-        "predictor",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"rollout":{"deadlineSeconds":120,"unhealthyGraceSeconds":5}}}"#,
-    ])?;
+    ns.patch_pipeline(r#"{"spec":{"rollout":{"deadlineSeconds":120,"unhealthyGraceSeconds":5}}}"#)?;
     for d in 0..plan.deployments {
         create_target(&ns, &format!("target-{d}")).await?;
     }
@@ -698,18 +690,7 @@ async fn check_images_verify(
                 .as_ref()
                 .is_some_and(|t| t.0 >= started)
         })
-        .filter_map(|rs| {
-            rs.spec
-                .as_ref()?
-                .template
-                .as_ref()?
-                .spec
-                .as_ref()?
-                .containers
-                .first()?
-                .image
-                .clone()
-        })
+        .filter_map(|rs| sluice_e2e::replica_set_image(rs, "server"))
         .filter(|i| i != STABLE)
         .collect();
     let key = std::env::temp_dir()
