@@ -66,6 +66,17 @@ async fn claim(ns: &TestNamespace) -> anyhow::Result<Option<String>> {
         .and_then(|a| a.get(ANNOTATION_CLAIM).cloned()))
 }
 
+/// The claim is given back right after the final phase is stored: wait for that write.
+async fn claim_released(ns: &TestNamespace) -> anyhow::Result<()> {
+    eventually("the claim is given back", TIMEOUT, POLL, async || {
+        Ok(match claim(ns).await? {
+            None => ControlFlow::Break(()),
+            Some(c) => ControlFlow::Continue(c),
+        })
+    })
+    .await
+}
+
 #[tokio::test]
 async fn releases_of_one_deployment_created_at_the_same_instant_roll_out_one_at_a_time()
 -> anyhow::Result<()> {
@@ -116,7 +127,7 @@ async fn releases_of_one_deployment_created_at_the_same_instant_roll_out_one_at_
             expected_images,
             "round {round}"
         );
-        assert_eq!(claim(&ns).await?, None, "the claim is given back");
+        claim_released(&ns).await?;
     }
     // One image write per rollout: the Deployment controller counts pod-template revisions.
     // (Its generation also counts the claim, which Deployments treat as a spec change.)
@@ -175,7 +186,7 @@ async fn a_release_deleted_mid_rollout_restores_the_previous_image_first() -> an
         "the previous image is back"
     );
     ns.wait_available(TIMEOUT).await?;
-    assert_eq!(claim(&ns).await?, None, "the claim is given back");
+    claim_released(&ns).await?;
     Ok(())
 }
 
@@ -483,6 +494,6 @@ async fn a_pod_that_goes_unready_while_verifying_rolls_the_release_back() -> any
         ready_reason(&r)
     );
     assert_eq!(ns.target_image().await?, STABLE);
-    assert_eq!(claim(&ns).await?, None);
+    claim_released(&ns).await?;
     Ok(())
 }

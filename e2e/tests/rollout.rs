@@ -629,11 +629,24 @@ async fn a_vulnerable_release_with_on_finding_rollback_restores_the_last_passing
         ready_reason(&r)
     );
     assert_deployment_event(&ns, "SluiceRollback")?;
-    let dep = ns.api::<Deployment>().get("predictor").await?;
-    assert!(
-        dep.metadata
-            .annotations
-            .is_none_or(|a| !a.contains_key(sluice::rollout::ANNOTATION_CLAIM))
-    );
+    let deployments = ns.api::<Deployment>();
+    sluice_e2e::eventually(
+        "the claim is given back",
+        TIMEOUT,
+        sluice_e2e::POLL,
+        async || {
+            let dep = deployments.get("predictor").await?;
+            let held = dep
+                .metadata
+                .annotations
+                .is_some_and(|a| a.contains_key(sluice::rollout::ANNOTATION_CLAIM));
+            Ok(if held {
+                std::ops::ControlFlow::Continue("claimed".to_string())
+            } else {
+                std::ops::ControlFlow::Break(())
+            })
+        },
+    )
+    .await?;
     Ok(())
 }
