@@ -411,9 +411,10 @@ async fn rescans_of_the_live_release_survive_history_keep_one() -> anyhow::Resul
     };
     // Two scheduled rescans recorded on the release, and their TaskRuns still there.
     eventually("two rescans recorded and kept", TIMEOUT, POLL, async || {
+        // TaskRuns first: a schedule is created before it can be recorded.
+        let runs = rescan_runs(&ns).await?;
         let r = api.get("live").await?;
         let recorded = r.status.as_ref().and_then(|s| s.rescan.clone());
-        let runs = rescan_runs(&ns).await?;
         let schedules: BTreeSet<String> = runs
             .iter()
             .filter_map(|t| {

@@ -47,8 +47,9 @@ pub fn expired(pipeline: &SecurePipeline, releases: &[ModelRelease]) -> BTreeSet
 }
 
 /// Rescan TaskRuns older than the two latest scheduled runs of their release (the newest may still
-/// be running while the one before it is the verdict on record).
-pub fn stale_rescans(runs: &[TaskRun]) -> Vec<String> {
+/// be running while the one before it is the verdict on record), never those of the schedule a
+/// release's status records (`on_record`: release name and Unix second), however far it lags.
+pub fn stale_rescans(runs: &[TaskRun], on_record: &BTreeSet<(String, i64)>) -> Vec<String> {
     let at = |t: &TaskRun| -> Option<(String, i64)> {
         let of = t.labels().get(rescan::LABEL_RESCAN_OF)?.clone();
         let at = t.labels().get(rescan::LABEL_RESCAN_AT)?.parse().ok()?;
@@ -59,9 +60,10 @@ pub fn stale_rescans(runs: &[TaskRun]) -> Vec<String> {
         schedules.entry(of).or_default().insert(when);
     }
     let kept = |of: &str, when: i64| {
-        schedules
-            .get(of)
-            .is_some_and(|s| s.iter().rev().take(2).any(|k| *k == when))
+        on_record.contains(&(of.to_string(), when))
+            || schedules
+                .get(of)
+                .is_some_and(|s| s.iter().rev().take(2).any(|k| *k == when))
     };
     runs.iter()
         .filter(|t| at(t).is_some_and(|(of, when)| !kept(&of, when)))
@@ -93,7 +95,21 @@ pub async fn prune(
         })
         .map(|t| t.name_any())
         .collect();
-    doomed.extend(stale_rescans(&runs));
+    let on_record: BTreeSet<(String, i64)> = releases
+        .iter()
+        .filter_map(|r| {
+            let at: jiff::Timestamp = r
+                .status
+                .as_ref()?
+                .rescan
+                .as_ref()?
+                .scheduled_at
+                .parse()
+                .ok()?;
+            Some((r.name_any(), at.as_second()))
+        })
+        .collect();
+    doomed.extend(stale_rescans(&runs, &on_record));
     doomed.sort();
     doomed.dedup();
     for name in doomed {
@@ -175,6 +191,9 @@ mod tests {
             run("a-3", "a", "300"),
             run("b-1", "b", "100"),
         ];
-        assert_eq!(stale_rescans(&runs), ["a-1"]);
+        assert_eq!(stale_rescans(&runs, &BTreeSet::new()), ["a-1"]);
+        // The schedule a release's status records stays, however far behind it is.
+        let recorded = BTreeSet::from([("a".to_string(), 100)]);
+        assert!(stale_rescans(&runs, &recorded).is_empty());
     }
 }
