@@ -86,7 +86,14 @@ pub fn effective_pipeline(
     let Some(snapshot) = release.status.as_ref().and_then(|s| s.pipeline.as_ref()) else {
         return live.cloned();
     };
-    let mut pipeline = SecurePipeline::new(&release.spec.pipeline_ref.name, snapshot.spec.clone());
+    let mut spec = snapshot.spec.clone();
+    // What judges the release is pinned; how Sluice reaches the registry and the key is not: a
+    // release stalled on missing credentials or a missing key recovers when the pipeline is fixed.
+    if let Some(live) = live {
+        spec.image.credentials_secret_ref = live.spec.image.credentials_secret_ref.clone();
+        spec.signing = live.spec.signing.clone();
+    }
+    let mut pipeline = SecurePipeline::new(&release.spec.pipeline_ref.name, spec);
     pipeline.metadata.namespace = release.namespace();
     pipeline.metadata.generation = snapshot.generation;
     pipeline.metadata.uid = live.and_then(|l| l.metadata.uid.clone());
