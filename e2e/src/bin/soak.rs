@@ -314,7 +314,11 @@ async fn create_all(
                 })
             },
         )
-        .await?;
+        .await
+        .unwrap_or_else(|e| {
+            println!("soak: {name} did not roll out: {e}");
+            false
+        });
         if rolling {
             api.delete(&name, &DeleteParams::default()).await?;
             deleted.insert(name);
