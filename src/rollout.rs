@@ -204,14 +204,13 @@ pub enum Turn {
     Superseded(String),
 }
 
-fn newer(a: &ModelRelease, b: &ModelRelease) -> bool {
-    let key = |r: &ModelRelease| {
-        (
-            r.metadata.creation_timestamp.clone().map(|t| t.0),
-            r.name_any(),
-        )
-    };
-    key(a) > key(b)
+/// The order of a Deployment's releases: by creation time, then name (a pair created in the
+/// same second is ordered by name).
+pub fn release_key(r: &ModelRelease) -> (Option<Timestamp>, String) {
+    (
+        r.metadata.creation_timestamp.clone().map(|t| t.0),
+        r.name_any(),
+    )
 }
 
 /// Decides the turn of `me` from the Deployment's claim and the releases in its namespace (read
@@ -238,14 +237,8 @@ pub fn turn(me: &ModelRelease, dep: &Deployment, all: &[ModelRelease]) -> Turn {
                 .as_ref()
                 .is_some_and(|s| s.phase == Phase::Released)
         })
-        .filter(|r| newer(r, me))
-        .max_by(|a, b| {
-            if newer(a, b) {
-                std::cmp::Ordering::Greater
-            } else {
-                std::cmp::Ordering::Less
-            }
-        });
+        .filter(|r| release_key(r) > release_key(me))
+        .max_by_key(|r| release_key(r));
     match newest_released {
         Some(r) => Turn::Superseded(r.name_any()),
         None => Turn::Go,

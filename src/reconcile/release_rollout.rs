@@ -310,10 +310,7 @@ impl<'a> Rollout<'a> {
     async fn my_turn(&mut self, dep: &Deployment) -> Result<bool, Error> {
         // A fresh list, read after the Deployment: a holder stores its final phase before it
         // gives the claim back, so a claim seen free here comes with that phase visible.
-        let all = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace())
-            .list(&ListParams::default())
-            .await
-            .map_err(api("list-releases"))?;
+        let all = self.fresh_releases().await?;
         let target = self.target().to_string();
         match rollout::turn(self.release, dep, &all.items) {
             Turn::Go => Ok(true),
@@ -358,46 +355,54 @@ impl<'a> Rollout<'a> {
         if self.has_finalizer() {
             return Ok(());
         }
-        match self
-            .patch_release_json(finalizer_ops(self.release), "add-finalizer")
+        self.patch_finalizers(
+            |r| {
+                let present = r.finalizers().iter().any(|f| f == FINALIZER_ROLLOUT);
+                (!present).then(|| finalizer_ops(r))
+            },
+            "add-finalizer",
+        )
+        .await
+    }
+
+    /// Drops the finalizer; like `add_finalizer`, from a fresh read when the cache lags.
+    async fn remove_finalizer(&self) -> Result<(), Error> {
+        self.patch_finalizers(unfinalize_ops, "remove-finalizer")
             .await
-        {
+    }
+
+    /// Applies the JSON patch `ops_for` builds (None: nothing to do) to the cached release; when
+    /// its precondition fails because the cache lags, reads the release fresh and tries once more.
+    async fn patch_finalizers(
+        &self,
+        ops_for: impl Fn(&ModelRelease) -> Option<serde_json::Value>,
+        action: &'static str,
+    ) -> Result<(), Error> {
+        let Some(ops) = ops_for(self.release) else {
+            return Ok(());
+        };
+        match self.patch_release_json(ops, action).await {
             Err(Error::Stale(_)) => {}
             other => return other,
         }
         let api_ = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace());
         let fresh = api_
-            .get(&self.release.name_any())
-            .await
-            .map_err(api("get-release"))?;
-        if fresh.finalizers().iter().any(|f| f == FINALIZER_ROLLOUT) {
-            return Ok(());
-        }
-        self.patch_release_json(finalizer_ops(&fresh), "add-finalizer")
-            .await
-    }
-
-    /// Drops the finalizer; like `add_finalizer`, from a fresh read when the cache lags.
-    async fn remove_finalizer(&self) -> Result<(), Error> {
-        let Some(ops) = unfinalize_ops(self.release) else {
-            return Ok(());
-        };
-        match self.patch_release_json(ops, "remove-finalizer").await {
-            Err(Error::Stale(_)) => {}
-            other => return other,
-        }
-        let api_ = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace());
-        let Some(fresh) = api_
             .get_opt(&self.release.name_any())
             .await
-            .map_err(api("get-release"))?
-        else {
-            return Ok(());
-        };
-        match unfinalize_ops(&fresh) {
-            Some(ops) => self.patch_release_json(ops, "remove-finalizer").await,
+            .map_err(api("get-release"))?;
+        match fresh.as_ref().and_then(ops_for) {
+            Some(ops) => self.patch_release_json(ops, action).await,
             None => Ok(()),
         }
+    }
+
+    /// The releases of this namespace, read fresh (not from the cache): a holder stores its final
+    /// phase before it gives the claim back, and only a fresh list is sure to show it.
+    async fn fresh_releases(&self) -> Result<kube::core::ObjectList<ModelRelease>, Error> {
+        Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace())
+            .list(&ListParams::default())
+            .await
+            .map_err(api("list-releases"))
     }
 
     async fn patch_release_json(
@@ -545,10 +550,7 @@ impl<'a> Rollout<'a> {
         let Some(rollout) = self.status.rollout.clone() else {
             return Ok(());
         };
-        let all = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace())
-            .list(&ListParams::default())
-            .await
-            .map_err(api("list-releases"))?;
+        let all = self.fresh_releases().await?;
         let vulnerable = conditions::get(&self.status.conditions, conditions::VULNERABLE)
             .map(|c| c.message.clone())
             .unwrap_or_default();

@@ -12,6 +12,7 @@ use kube::{
 };
 
 use super::{Ctx, Error, api, release_plan};
+use crate::rollout::release_key;
 use crate::{
     api::{
         FIELD_MANAGER, LABEL_RELEASE, LABEL_STAGE, ModelRelease, ModelReleaseStatus, Phase,
@@ -418,13 +419,6 @@ pub fn spec_rollback(pipeline: &SecurePipeline) -> bool {
     pipeline.spec.rescan.as_ref().and_then(|r| r.on_finding) == Some(OnFinding::Rollback)
 }
 
-fn key(r: &ModelRelease) -> (Option<Timestamp>, String) {
-    (
-        r.metadata.creation_timestamp.clone().map(|t| t.0),
-        r.name_any(),
-    )
-}
-
 /// The newest earlier release of the same Deployment that was Released and rolled out.
 fn previous_released<'a>(
     release: &ModelRelease,
@@ -433,13 +427,13 @@ fn previous_released<'a>(
     releases
         .iter()
         .filter(|r| r.spec.target.deployment == release.spec.target.deployment)
-        .filter(|r| key(r) < key(release))
+        .filter(|r| release_key(r) < release_key(release))
         .filter(|r| {
             r.status
                 .as_ref()
                 .is_some_and(|s| s.phase == Phase::Released && s.rollout.is_some())
         })
-        .max_by_key(|r| key(r))
+        .max_by_key(|r| release_key(r))
 }
 
 /// The release an `onFinding: rollback` restores: the newest earlier Released release of the
