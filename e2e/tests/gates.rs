@@ -410,6 +410,14 @@ async fn invalid_pipelines_are_rejected_at_admission_with_readable_messages() ->
             base(json!([{"name": "a", "taskRef": {}}]), json!({})),
             "taskRef needs exactly one of name or resolver",
         ),
+        (
+            // Accepted by croner, then a search to the year 5000 (found by fuzzing).
+            base(
+                json!([{"name": "a", "taskRef": t}]),
+                json!({"rescan": {"schedule": "* l * * * 1", "stages": ["a"]}}),
+            ),
+            "seconds, minutes and hours may only hold digits",
+        ),
     ];
     let api = ns.api::<SecurePipeline>();
     for (object, expected) in cases {
