@@ -138,7 +138,13 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     let pipelines: Api<SecurePipeline> = Api::all(client.clone());
     let task_runs: Api<TaskRun> = Api::all(client.clone());
     let task_runs_all = task_runs.clone();
-    let wc = watch_config().any_semantic();
+    // Not `any_semantic()`: after an API-server restart a list at resourceVersion 0 was served
+    // from a watch cache behind the new server's watch window, and every watch from its version
+    // ended in 410 Gone. A consistent list starts a watch the server can serve. (A restarted API
+    // server here also answered some custom-resource requests only after minutes, its etcd client
+    // retrying: the caches can lag that long, so every status write carries a precondition; see
+    // `reconcile::release_write`.)
+    let wc = watch_config();
 
     let release_controller = Controller::new(releases.clone(), wc.clone());
     let release_store = release_controller.store();

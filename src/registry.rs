@@ -131,6 +131,15 @@ impl Registry {
         }
     }
 
+    /// The digest the manifest `reference` (usually a tag) names now.
+    pub async fn resolve_digest(&self, reference: &str) -> Result<String, RegistryError> {
+        let parsed = Self::reference(reference)?;
+        self.client
+            .fetch_manifest_digest(&parsed, &self.auth)
+            .await
+            .map_err(|e| classify(reference, e))
+    }
+
     /// The layers of the `kind` artifact attached to `repo@digest`, or none when it does not exist.
     pub async fn attached_layers(
         &self,

@@ -265,11 +265,23 @@ pub fn step(dep: &Deployment, me: &ModelRelease, container: &str, from: &str, to
         return Step::NotClaimed;
     }
     match container_image(dep, container) {
-        Some(current) if current == to => Step::Follow(Progress::InProgress(String::new())),
-        Some(current) if current == from => Step::Apply,
+        Some(current) if same_image(&current, to) => {
+            Step::Follow(Progress::InProgress(String::new()))
+        }
+        Some(current) if same_image(&current, from) => Step::Apply,
         Some(current) => Step::Replaced(current),
         None => Step::Replaced(String::new()),
     }
+}
+
+/// Whether the Deployment's `current` image is the `recorded` one: the same string, or a tag
+/// that Sluice recorded pinned to its digest (`repo:tag@sha256:…`) before writing it.
+pub fn same_image(current: &str, recorded: &str) -> bool {
+    current == recorded
+        || (!current.contains('@')
+            && recorded
+                .strip_prefix(current)
+                .is_some_and(|rest| rest.starts_with("@sha256:")))
 }
 
 /// Sluice's own rollout deadline: a rollout (or rollback) not complete `deadline_seconds` after

@@ -416,7 +416,14 @@ async fn invalid_pipelines_are_rejected_at_admission_with_readable_messages() ->
                 json!([{"name": "a", "taskRef": t}]),
                 json!({"rescan": {"schedule": "* l * * * 1", "stages": ["a"]}}),
             ),
-            "seconds, minutes and hours may only hold digits",
+            "seconds, minutes and hours must each be a list of",
+        ),
+        (
+            base(
+                json!([{"name": "a", "taskRef": t}]),
+                json!({"rescan": {"schedule": ", 4 * , * 0", "stages": ["a"]}}),
+            ),
+            "seconds, minutes and hours must each be a list of",
         ),
     ];
     let api = ns.api::<SecurePipeline>();

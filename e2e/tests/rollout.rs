@@ -430,6 +430,54 @@ async fn a_blocking_dast_gate_after_rollout_rolls_back() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_rollback_restores_the_digest_the_tag_named_even_after_the_tag_moved()
+-> anyhow::Result<()> {
+    let ns = TestNamespace::new("pinned").await?;
+    ns.with_signing_key("rollout-pw")?;
+    let live = format!("{REPOSITORY}:{}-live", ns.name);
+    let before = ns.push_image_to(&live, "before", None)?;
+    ns.target(&live, 30).await?;
+    let digest = ns.push_image("pinned")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    sims[4] = ("dast", Sim::findings(0, 2, 0, 0));
+    ns.release("predictor-86", &sims).await?;
+    let terminal = [
+        Phase::RolledBack,
+        Phase::Failed,
+        Phase::Released,
+        Phase::Blocked,
+    ];
+    // Move the tag once the release has recorded what ran before it.
+    let api = ns.api::<ModelRelease>();
+    sluice_e2e::eventually(
+        "previousImage recorded",
+        TIMEOUT,
+        Duration::from_millis(50),
+        async || {
+            let status = api.get("predictor-86").await?.status.unwrap_or_default();
+            Ok(
+                if status.previous_image.is_some() || terminal.contains(&status.phase) {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(format!("{:?}", status.phase))
+                },
+            )
+        },
+    )
+    .await?;
+    let moved = ns.push_image_to(&live, "moved", None)?;
+    assert_ne!(moved, before);
+    let r = ns.wait_phase("predictor-86", &terminal, TIMEOUT).await?;
+    let status = r.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Phase::RolledBack, "{}", ready_reason(&r));
+    let pinned = format!("{live}@{before}");
+    assert_eq!(status.previous_image.as_deref(), Some(pinned.as_str()));
+    assert_eq!(ns.target_image().await?, pinned);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_missing_target_stalls_and_nothing_is_written() -> anyhow::Result<()> {
     let ns = TestNamespace::new("notarget").await?;
     ns.with_signing_key("pw")?;

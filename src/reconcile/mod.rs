@@ -7,6 +7,7 @@ pub mod release;
 pub mod release_plan;
 pub mod release_rollout;
 pub mod release_signing;
+pub mod release_write;
 pub mod rescan;
 
 use std::{sync::Arc, time::Duration};
@@ -154,9 +155,10 @@ pub fn error_policy(
     }
 }
 
-/// 2 s doubling per consecutive failure, at most 5 minutes.
+/// 2 s doubling per consecutive failure, at most a minute: a registry or API server that was
+/// down for minutes must not leave releases waiting minutes more once it is back.
 pub fn backoff(failures: u32) -> Duration {
-    let secs = 2u64.saturating_pow(failures.clamp(1, 16)).min(300);
+    let secs = 2u64.saturating_pow(failures.clamp(1, 16)).min(60);
     Duration::from_secs(secs)
 }
 
@@ -296,8 +298,8 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_per_failure_up_to_five_minutes() {
-        let secs: Vec<u64> = [1, 2, 3, 8, 9, 40].map(|n| backoff(n).as_secs()).to_vec();
-        assert_eq!(secs, [2, 4, 8, 256, 300, 300]);
+    fn backoff_doubles_per_failure_up_to_a_minute() {
+        let secs: Vec<u64> = [1, 2, 3, 5, 6, 40].map(|n| backoff(n).as_secs()).to_vec();
+        assert_eq!(secs, [2, 4, 8, 32, 60, 60]);
     }
 }

@@ -11,7 +11,9 @@ use kube::{
 use serde_json::json;
 use tracing::info;
 
-use super::{Ctx, Error, api, release_plan, release_rollout, release_signing};
+use super::{
+    Ctx, Error, api, release_plan, release_rollout, release_signing, release_write::StatusWriter,
+};
 use crate::{
     api::{FIELD_MANAGER, LABEL_RELEASE, ModelRelease, SecurePipeline},
     api::{Phase, conditions},
@@ -24,7 +26,31 @@ pub const CONTROLLER: &str = "modelrelease";
 
 /// Reconciles one ModelRelease.
 pub async fn reconcile(release: Arc<ModelRelease>, ctx: Ctx) -> Result<Action, Error> {
-    super::timed(&ctx, CONTROLLER, &*release, reconcile_inner(&release, &ctx)).await
+    super::timed(&ctx, CONTROLLER, &*release, reconcile_fresh(&release, &ctx)).await
+}
+
+/// Reconciles the cached copy; when a write finds that the API server has moved past it (a
+/// lagging watch), reads the release fresh and reconciles that instead: the reconcile is
+/// idempotent, and nothing was written from the stale copy.
+async fn reconcile_fresh(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Error> {
+    match reconcile_inner(release, ctx).await {
+        Err(Error::Stale(action)) => {
+            let ns = release.namespace().ok_or(Error::NoNamespace)?;
+            let fresh = Api::<ModelRelease>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&release.name_any())
+                .await
+                .map_err(api("get-release"))?;
+            match fresh {
+                Some(fresh) if fresh.resource_version() != release.resource_version() => {
+                    info!(release = %release.name_any(), namespace = %ns, action, "cached copy was stale; reconciling a fresh read");
+                    reconcile_inner(&fresh, ctx).await
+                }
+                Some(_) => Err(Error::Stale(action)),
+                None => Ok(Action::await_change()),
+            }
+        }
+        other => other,
+    }
 }
 
 async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Error> {
@@ -38,6 +64,7 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
         .await
         .map_err(api("get-pipeline"))?;
     let pipeline = release_plan::effective_pipeline(release, live.as_ref());
+    let writer = StatusWriter::new(ctx.client.clone(), release);
     let owned = task_runs
         .list(&ListParams::default().labels(&format!("{LABEL_RELEASE}={name}")))
         .await
@@ -56,10 +83,17 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
         // Rescans are new audits: the pipeline's policy as it is now judges them.
         let policy = live.as_ref().unwrap_or(p);
         record_rescan(ctx, release, policy, &mut plan).await?;
-        release_rollout::Rollout::new(ctx, release, p, &mut plan.status, &mut plan.notices)
-            .rescan_rollback(super::rescan::spec_rollback(policy))
-            .advance()
-            .await?;
+        release_rollout::Rollout::new(
+            ctx,
+            release,
+            p,
+            &writer,
+            &mut plan.status,
+            &mut plan.notices,
+        )
+        .rescan_rollback(super::rescan::spec_rollback(policy))
+        .advance()
+        .await?;
     }
     if let Some(old) = release.status.as_ref() {
         conditions::keep_transition_times(&mut plan.status.conditions, &old.conditions);
@@ -72,11 +106,7 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
         ctx.metrics.task_runs_created.inc();
     }
     if release.status.as_ref() != Some(&plan.status) {
-        let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "ModelRelease", "status": plan.status});
-        Api::<ModelRelease>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(api("patch-release-status"))?;
+        writer.write(&plan.status).await?;
     }
     // After the status that ended the release is stored: a crash in between only repeats this.
     cancel_task_runs(ctx, release, &task_runs, &plan.status, &seen).await?;

@@ -17,7 +17,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Ctx, Error, api, release_plan::Notice, release_signing};
+use super::{Ctx, Error, api, release_plan::Notice, release_signing, release_write::StatusWriter};
 use crate::{
     api::{
         FIELD_MANAGER, FINALIZER_ROLLOUT, ModelRelease, ModelReleaseStatus, Phase, SecurePipeline,
@@ -46,6 +46,7 @@ pub struct Rollout<'a> {
     ctx: &'a Ctx,
     release: &'a ModelRelease,
     pipeline: &'a SecurePipeline,
+    writer: &'a StatusWriter,
     status: &'a mut ModelReleaseStatus,
     notices: &'a mut Vec<Notice>,
     now: Timestamp,
@@ -58,6 +59,7 @@ impl<'a> Rollout<'a> {
         ctx: &'a Ctx,
         release: &'a ModelRelease,
         pipeline: &'a SecurePipeline,
+        writer: &'a StatusWriter,
         status: &'a mut ModelReleaseStatus,
         notices: &'a mut Vec<Notice>,
     ) -> Self {
@@ -66,6 +68,7 @@ impl<'a> Rollout<'a> {
             ctx,
             release,
             pipeline,
+            writer,
             status,
             notices,
             now,
@@ -197,16 +200,7 @@ impl<'a> Rollout<'a> {
 
     /// Writes the status now, before touching the Deployment.
     async fn persist(&self) -> Result<(), Error> {
-        let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "ModelRelease", "status": self.status});
-        Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace())
-            .patch_status(
-                &self.release.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(api("patch-release-status"))?;
-        Ok(())
+        self.writer.write(self.status).await
     }
 
     /// Server-side applies the container image (and release annotation) under Sluice's manager.
@@ -383,15 +377,21 @@ impl<'a> Rollout<'a> {
         };
         match self.patch_release_json(ops, action).await {
             Err(Error::Stale(_)) => {}
-            other => return other,
+            Ok(Some(written)) => {
+                self.writer.advanced(&written);
+                return Ok(());
+            }
+            other => return other.map(|_| ()),
         }
         let api_ = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace());
         let fresh = api_
             .get_opt(&self.release.name_any())
             .await
             .map_err(api("get-release"))?;
+        // Not recorded as this reconcile's version: its status was computed from the stale copy,
+        // so its next status write fails and the reconcile runs again on a fresh read.
         match fresh.as_ref().and_then(ops_for) {
-            Some(ops) => self.patch_release_json(ops, action).await,
+            Some(ops) => self.patch_release_json(ops, action).await.map(|_| ()),
             None => Ok(()),
         }
     }
@@ -409,7 +409,7 @@ impl<'a> Rollout<'a> {
         &self,
         ops: serde_json::Value,
         action: &'static str,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<ModelRelease>, Error> {
         let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| {
             Error::Panicked(format!("{action}: building the JSON patch failed: {e}"))
         })?;
@@ -421,11 +421,11 @@ impl<'a> Rollout<'a> {
             )
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(written) => Ok(Some(written)),
             // A failed `test` (a stale copy of the release): retry on a fresh one.
             Err(kube::Error::Api(s)) if s.code == 422 => Err(Error::Stale(action)),
             // The release is gone: nothing holds it any more.
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(e) => Err(api(action)(e)),
         }
     }
@@ -655,7 +655,23 @@ impl<'a> Rollout<'a> {
             .list(&ListParams::default())
             .await
             .map_err(api("list-services"))?;
-        self.status.previous_image = Some(current.clone());
+        let (previous, unpinned) = match release_signing::pin(
+            self.ctx,
+            self.release,
+            self.pipeline,
+            &current,
+        )
+        .await
+        {
+            Ok(pinned) => (pinned, String::new()),
+            Err(why) => (
+                current.clone(),
+                format!(
+                    "; the previous image could not be pinned to a digest ({why}), a rollback restores its tag"
+                ),
+            ),
+        };
+        self.status.previous_image = Some(previous.clone());
         self.status.rollout = Some(RolloutStatus {
             deployment: self.target().to_string(),
             image: target.clone(),
@@ -665,7 +681,7 @@ impl<'a> Rollout<'a> {
             ..RolloutStatus::default()
         });
         let message = format!(
-            "rolling out {target} to Deployment {} (previous image {current})",
+            "rolling out {target} to Deployment {} (previous image {previous}){unpinned}",
             self.target()
         );
         self.rolled_out(false, reason::ROLLING_OUT, &message);

@@ -233,6 +233,38 @@ fn signer_from_secret(secret: &Secret) -> Result<KeyPairSigner, SigningError> {
     KeyPairSigner::from_pem(&key, &password)
 }
 
+/// `image` pinned to the digest its tag names now (`repo:tag@sha256:…`), so that a rollback
+/// restores exactly what ran before even if the tag moves; why not, when it cannot be resolved.
+/// Uses the pipeline's registry credentials when they cover the image's host, none otherwise.
+pub async fn pin(
+    ctx: &Ctx,
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    image: &str,
+) -> Result<String, String> {
+    if image.is_empty() || image.contains('@') {
+        return Ok(image.to_string());
+    }
+    let ns = release.namespace().unwrap_or_default();
+    let auth = registry_auth(ctx, pipeline, &ns, image)
+        .await
+        .unwrap_or(RegistryAuth::Anonymous);
+    let registry = Registry::new(ctx.insecure_registries.clone(), auth);
+    // Bounded: an unreachable registry must not hold the rollout; the tag is recorded instead.
+    let resolved = tokio::time::timeout(PIN_TIMEOUT, registry.resolve_digest(image)).await;
+    match resolved {
+        Ok(Ok(digest)) if digest.starts_with("sha256:") => Ok(format!("{image}@{digest}")),
+        Ok(Ok(other)) => Err(format!("the registry answered digest {other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the registry did not answer within {PIN_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// How long resolving the previous image's tag may take before the rollout goes on without it.
+const PIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn registry_auth(
     ctx: &Ctx,
     pipeline: &SecurePipeline,

@@ -43,9 +43,10 @@ pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
         .map_err(|e| format!("invalid cron schedule {schedule:?}: {e}"))
 }
 
-/// Why the seconds/minutes/hours fields are refused, if they are. croner accepts `L` there and then
-/// matches nothing, searching hour by hour up to the year 5000 (minutes of CPU on a runtime
-/// thread, found by fuzzing); numbers, `*`, `,`, `-` and `/` always name a non-empty set.
+/// Why the seconds/minutes/hours fields are refused, if they are. croner accepts fields there
+/// that match nothing (`L`, a bare `,`) and then searches hour by hour up to the year 5000:
+/// minutes of CPU on a runtime thread (found by fuzzing). Each field must be a list of `*`, `N`
+/// or `N-M` (N ≤ M), each with an optional `/S` (S ≥ 1): always a non-empty set.
 fn time_fields_problem(schedule: &str) -> Option<String> {
     let fields: Vec<&str> = schedule.split_whitespace().collect();
     if fields.len() == 1 && fields[0].starts_with('@') {
@@ -58,10 +59,30 @@ fn time_fields_problem(schedule: &str) -> Option<String> {
     };
     let bad = fields[..time_fields]
         .iter()
-        .find(|f| !f.chars().all(|c| c.is_ascii_digit() || "*,-/".contains(c)))?;
+        .find(|f| !f.split(',').all(time_item_ok))?;
     Some(format!(
-        "time field {bad:?} may only hold digits, '*', ',', '-' and '/'"
+        "time field {bad:?} must be a list of '*', 'N' or 'N-M', each optionally '/STEP'"
     ))
+}
+
+/// One item of a seconds/minutes/hours list: `*`, `N` or `N-M` with N ≤ M, then optionally `/S`, S ≥ 1.
+fn time_item_ok(item: &str) -> bool {
+    let number = |s: &str| -> Option<u32> {
+        (!s.is_empty() && s.len() <= 2 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (range, step) = match item.split_once('/') {
+        Some((range, step)) => (range, Some(step)),
+        None => (item, None),
+    };
+    let step_ok = step.is_none_or(|s| number(s).is_some_and(|n| n >= 1));
+    let range_ok = range == "*"
+        || match range.split_once('-') {
+            Some((a, b)) => number(a).zip(number(b)).is_some_and(|(a, b)| a <= b),
+            None => number(range).is_some(),
+        };
+    step_ok && range_ok
 }
 
 /// Why `spec.rescan.schedule` cannot be used, if it cannot.
