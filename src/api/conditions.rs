@@ -91,8 +91,49 @@ pub mod reason {
     pub const SIGNING_NOT_CONFIGURED: &str = "SigningNotConfigured";
     /// The pipeline is valid and ready for releases.
     pub const VALID: &str = "Valid";
-    /// Nothing is in progress.
-    pub const IDLE: &str = "Idle";
+}
+
+/// Where an object stands in kstatus terms (as Flux and Argo CD read it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Working toward the desired state: Reconciling.
+    Progressing,
+    /// Cannot go on without a change by the user: Stalled.
+    Stalled,
+    /// Done and healthy: Ready.
+    Ready,
+    /// Ended without becoming ready; `Stalled` when it is a failure.
+    Ended {
+        /// Whether the end is a failure.
+        failed: bool,
+    },
+}
+
+/// The one setter of the kstatus trio: Ready, Reconciling and Stalled always change together, with
+/// the same reason and message, for both kinds. Returns whether any of them changed.
+pub fn set_health(
+    conditions: &mut Vec<Condition>,
+    health: Health,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> bool {
+    let (ready, reconciling, stalled) = match health {
+        Health::Progressing => (false, true, false),
+        Health::Stalled => (false, false, true),
+        Health::Ready => (true, false, false),
+        Health::Ended { failed } => (false, false, failed),
+    };
+    [
+        (READY, ready),
+        (RECONCILING, reconciling),
+        (STALLED, stalled),
+    ]
+    .into_iter()
+    .fold(false, |changed, (type_, value)| {
+        set(conditions, type_, value, reason, message, generation, now) || changed
+    })
 }
 
 /// Sets one condition, keeping lastTransitionTime when its status did not change.

@@ -58,8 +58,9 @@ impl Context {
         }
     }
 
-    /// Publishes an Event; a failure to publish is logged, never fatal.
-    pub async fn publish<K: Resource<DynamicType = ()>>(
+    /// Publishes an Event; a failure to publish is logged, never fatal. Only `Notice::emit`
+    /// calls it, so every Event is also a log line.
+    async fn publish<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
         warning: bool,
@@ -85,6 +86,70 @@ impl Context {
         if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish event");
         }
+    }
+}
+
+/// Something to tell the user about an object: one log line and one Event, with the same
+/// reason and note (the one notice type of both controllers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// PascalCase reason.
+    pub reason: &'static str,
+    /// Human-readable note.
+    pub note: String,
+    /// The TaskRun the notice is about, so Events about different stages are not merged.
+    pub task_run: Option<String>,
+}
+
+impl Notice {
+    /// A Normal notice.
+    pub fn normal(reason: &'static str, note: String) -> Self {
+        Self {
+            warning: false,
+            reason,
+            note,
+            task_run: None,
+        }
+    }
+
+    /// A Warning notice.
+    pub fn warning(reason: &'static str, note: String) -> Self {
+        Self {
+            warning: true,
+            ..Self::normal(reason, note)
+        }
+    }
+
+    /// Logs the notice and publishes it as an Event on `obj`; `action` says what Sluice was
+    /// doing, `related` names a second object (by default the notice's TaskRun).
+    pub async fn emit<K: Resource<DynamicType = ()>>(
+        self,
+        ctx: &Context,
+        obj: &K,
+        action: &str,
+        related: Option<ObjectReference>,
+    ) {
+        let kind = K::kind(&());
+        let name = obj.meta().name.as_deref().unwrap_or_default();
+        let namespace = obj.meta().namespace.as_deref().unwrap_or_default();
+        if self.warning {
+            warn!(%kind, name, namespace, reason = self.reason, "{}", self.note);
+        } else {
+            tracing::info!(%kind, name, namespace, reason = self.reason, "{}", self.note);
+        }
+        let related = related.or_else(|| {
+            self.task_run.map(|tr| ObjectReference {
+                api_version: Some("tekton.dev/v1".into()),
+                kind: Some("TaskRun".into()),
+                name: Some(tr),
+                namespace: obj.meta().namespace.clone(),
+                ..ObjectReference::default()
+            })
+        });
+        ctx.publish(obj, self.warning, self.reason, action, self.note, related)
+            .await;
     }
 }
 
@@ -218,7 +283,8 @@ where
             let note = format!(
                 "Sluice hit an internal error while reconciling this object and will retry with backoff: {what}"
             );
-            ctx.publish(obj, true, "ReconcilePanicked", "Reconcile", note, None)
+            Notice::warning("ReconcilePanicked", note)
+                .emit(ctx, obj, "Reconcile", None)
                 .await;
             Err(Error::Panicked(what))
         }

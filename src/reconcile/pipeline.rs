@@ -11,11 +11,11 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Ctx, Error, api, history, release_plan, rescan};
+use super::{Ctx, Error, Notice, api, history, release_plan, rescan};
 use crate::{
     api::{
         ModelRelease, SecurePipeline, SecurePipelineStatus,
-        conditions::{self, reason},
+        conditions::{self, Health, reason},
     },
     tekton::Task,
 };
@@ -75,8 +75,12 @@ async fn reconcile_inner(pipeline: &SecurePipeline, ctx: &Ctx) -> Result<Action,
                 .map(|c| c.message.clone())
                 .unwrap_or_default();
             let reason = if ready { reason::VALID } else { "Invalid" };
-            ctx.publish(pipeline, !ready, reason, "Validate", message, None)
-                .await;
+            Notice {
+                warning: !ready,
+                ..Notice::normal(reason, message)
+            }
+            .emit(ctx, pipeline, "Validate", None)
+            .await;
         }
     }
     // Tasks and Secrets are not watched: look again soon while something is missing.
@@ -172,24 +176,15 @@ pub fn build_status(
                 )
             })
         });
-    let mut set = |t: &str, s: bool, r: &str, m: &str| {
-        conditions::set(&mut status.conditions, t, s, r, m, generation, &now)
+    let valid = format!(
+        "{} stages valid; ready for releases",
+        pipeline.spec.stages.len()
+    );
+    let (health, r, m) = match &problem {
+        Some((r, m)) => (Health::Stalled, *r, m.as_str()),
+        None => (Health::Ready, reason::VALID, valid.as_str()),
     };
-    match &problem {
-        Some((r, m)) => {
-            set(conditions::READY, false, r, m);
-            set(conditions::STALLED, true, r, m);
-        }
-        None => {
-            let m = format!(
-                "{} stages valid; ready for releases",
-                pipeline.spec.stages.len()
-            );
-            set(conditions::READY, true, reason::VALID, &m);
-            set(conditions::STALLED, false, reason::VALID, &m);
-        }
-    }
-    set(conditions::RECONCILING, false, reason::IDLE, "validated");
+    conditions::set_health(&mut status.conditions, health, r, m, generation, &now);
     status.observed_generation = generation;
     status.stage_count = u32::try_from(pipeline.spec.stages.len()).ok();
     status.last_release = refs.last_release.clone();

@@ -2,7 +2,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -12,7 +11,8 @@ use serde_json::json;
 use tracing::info;
 
 use super::{
-    Ctx, Error, api, release_plan, release_rollout, release_signing, release_write::StatusWriter,
+    Ctx, Error, Notice, api, release_plan, release_rollout, release_signing,
+    release_write::StatusWriter,
 };
 use crate::{
     api::{FIELD_MANAGER, LABEL_RELEASE, ModelRelease, SecurePipeline},
@@ -119,16 +119,7 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
         ctx.metrics.verdicts.get_or_create(&labels).inc();
     }
     for n in plan.notices {
-        info!(release = %name, namespace = %ns, reason = n.reason, "{}", n.note);
-        let related = n.task_run.map(|tr| ObjectReference {
-            api_version: Some("tekton.dev/v1".into()),
-            kind: Some("TaskRun".into()),
-            name: Some(tr),
-            namespace: Some(ns.clone()),
-            ..ObjectReference::default()
-        });
-        ctx.publish(release, n.warning, n.reason, "Reconcile", n.note, related)
-            .await;
+        n.emit(ctx, release, "Reconcile", None).await;
     }
     Ok(next_action(&plan.status, pipeline.is_some()))
 }
@@ -256,25 +247,15 @@ async fn cancel_task_runs(
             Err(e) => return Err(api("cancel-taskrun")(e)),
         }
         ctx.metrics.task_runs_cancelled.inc();
-        let related = ObjectReference {
-            api_version: Some("tekton.dev/v1".into()),
-            kind: Some("TaskRun".into()),
-            name: Some(name.clone()),
-            namespace: release.namespace(),
-            ..ObjectReference::default()
-        };
         let note = format!(
             "cancelled TaskRun {name}: the release ended ({})",
             status.phase.as_str()
         );
-        ctx.publish(
-            release,
-            false,
-            "TaskRunCancelled",
-            "Cancel",
-            note,
-            Some(related),
-        )
+        Notice {
+            task_run: Some(name),
+            ..Notice::normal("TaskRunCancelled", note)
+        }
+        .emit(ctx, release, "Cancel", None)
         .await;
     }
     Ok(())

@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use crate::{
     api::{
         ModelRelease, ModelReleaseStatus, Phase, SecurePipeline, Stage,
-        conditions::{self, reason},
+        conditions::{self, Health, reason},
         pipeline::Produces,
         release::{ImageRef, PipelineSnapshot, StageState, StageStatus, Verdict},
     },
@@ -20,18 +20,7 @@ use crate::{
     tekton::{self, TaskRun},
 };
 
-/// An Event to publish about the release.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    /// Warning rather than Normal.
-    pub warning: bool,
-    /// PascalCase reason.
-    pub reason: &'static str,
-    /// Human-readable note.
-    pub note: String,
-    /// The TaskRun the event is about, so events about different stages are not merged.
-    pub task_run: Option<String>,
-}
+pub use super::Notice;
 
 /// The outcome of planning one reconcile.
 #[derive(Debug, Clone)]
@@ -170,18 +159,23 @@ impl<'a> Builder<'a> {
         );
     }
 
+    fn health(&mut self, health: Health, reason: &str, message: &str) {
+        let generation = self.release.metadata.generation;
+        conditions::set_health(
+            &mut self.status.conditions,
+            health,
+            reason,
+            message,
+            generation,
+            &Time(self.now),
+        );
+    }
+
     fn stalled(&mut self, problem: Unusable) {
         if self.status.phase.is_final() {
             return;
         }
-        self.condition(conditions::READY, false, problem.reason, &problem.message);
-        self.condition(conditions::STALLED, true, problem.reason, &problem.message);
-        self.condition(
-            conditions::RECONCILING,
-            false,
-            problem.reason,
-            &problem.message,
-        );
+        self.health(Health::Stalled, problem.reason, &problem.message);
     }
 
     fn run_stages(&mut self, pipeline: &SecurePipeline, task_runs: &[TaskRun]) {
@@ -512,14 +506,7 @@ impl<'a> Builder<'a> {
                 reason::GATE_BLOCKED,
                 &message,
             );
-            self.condition(conditions::READY, false, reason::GATE_BLOCKED, &message);
-            self.condition(conditions::STALLED, true, reason::GATE_BLOCKED, &message);
-            self.condition(
-                conditions::RECONCILING,
-                false,
-                reason::GATE_BLOCKED,
-                &message,
-            );
+            self.health(Health::Stalled, reason::GATE_BLOCKED, &message);
         } else if passed == gate_count {
             let image = self.status.image.as_ref().map_or_else(String::new, |i| {
                 format!(" for {}@{}", i.repository, i.digest)
@@ -552,9 +539,7 @@ impl<'a> Builder<'a> {
                 return;
             }
             self.status.phase = Phase::Signing;
-            self.condition(conditions::READY, false, why, &waiting);
-            self.condition(conditions::STALLED, false, why, &waiting);
-            self.condition(conditions::RECONCILING, true, why, &waiting);
+            self.health(Health::Progressing, why, &waiting);
         } else {
             let running: Vec<&str> = self
                 .status
@@ -582,9 +567,7 @@ impl<'a> Builder<'a> {
                 reason::GATES_PENDING,
                 &message,
             );
-            self.condition(conditions::READY, false, reason::PROGRESSING, &message);
-            self.condition(conditions::STALLED, false, reason::PROGRESSING, &message);
-            self.condition(conditions::RECONCILING, true, reason::PROGRESSING, &message);
+            self.health(Health::Progressing, reason::PROGRESSING, &message);
         }
     }
 
@@ -753,9 +736,14 @@ pub fn signing_failed(
         conditions::set(&mut status.conditions, t, v, r, message, generation, &now)
     };
     set(conditions::SIGNED, false, category);
-    set(conditions::READY, false, category);
-    set(conditions::STALLED, true, category);
-    set(conditions::RECONCILING, false, category);
+    conditions::set_health(
+        &mut status.conditions,
+        Health::Stalled,
+        category,
+        message,
+        generation,
+        &now,
+    );
     if block {
         status.phase = Phase::Blocked;
     }

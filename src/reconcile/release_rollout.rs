@@ -21,25 +21,12 @@ use super::{Ctx, Error, api, release_plan::Notice, release_signing, release_writ
 use crate::{
     api::{
         FIELD_MANAGER, FINALIZER_ROLLOUT, ModelRelease, ModelReleaseStatus, Phase, SecurePipeline,
-        conditions::{self, reason},
+        conditions::{self, Health, reason},
         release::{RolloutStatus, Verdict},
     },
     metrics::OutcomeLabels,
     rollout::{self, Progress, Step, Turn},
 };
-
-/// How a step leaves the release's kstatus conditions.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Working: Reconciling.
-    Progressing,
-    /// Needs the user: Stalled.
-    Stalled,
-    /// Done and healthy: Ready.
-    Released,
-    /// Ended without releasing; `Stalled` when it is a failure.
-    Ended { failed: bool },
-}
 
 /// One reconcile's view of the rollout.
 pub struct Rollout<'a> {
@@ -120,35 +107,20 @@ impl<'a> Rollout<'a> {
         &self.release.spec.target.deployment
     }
 
-    fn set(&mut self, phase: Phase, kind: Kind, why: &'static str, message: String) {
+    fn set(&mut self, phase: Phase, kind: Health, why: &'static str, message: String) {
         let old_phase = self.status.phase;
         let old_reason =
             conditions::get(&self.status.conditions, conditions::READY).map(|c| c.reason.clone());
-        let generation = self.release.metadata.generation;
-        let now = Time(self.now);
-        let (ready, reconciling, stalled) = match kind {
-            Kind::Progressing => (false, true, false),
-            Kind::Stalled => (false, false, true),
-            Kind::Released => (true, false, false),
-            Kind::Ended { failed } => (false, false, failed),
-        };
-        for (type_, value) in [
-            (conditions::READY, ready),
-            (conditions::RECONCILING, reconciling),
-            (conditions::STALLED, stalled),
-        ] {
-            conditions::set(
-                &mut self.status.conditions,
-                type_,
-                value,
-                why,
-                &message,
-                generation,
-                &now,
-            );
-        }
+        conditions::set_health(
+            &mut self.status.conditions,
+            kind,
+            why,
+            &message,
+            self.release.metadata.generation,
+            &Time(self.now),
+        );
         self.status.phase = phase;
-        let warning = kind == Kind::Stalled
+        let warning = kind == Health::Stalled
             || matches!(
                 phase,
                 Phase::Blocked | Phase::Failed | Phase::RolledBack | Phase::RollingBack
@@ -164,7 +136,7 @@ impl<'a> Rollout<'a> {
                 ),
                 task_run: None,
             });
-        } else if old_reason.as_deref() != Some(why) && kind != Kind::Progressing {
+        } else if old_reason.as_deref() != Some(why) && kind != Health::Progressing {
             self.notices.push(Notice {
                 warning,
                 reason: why,
@@ -231,9 +203,12 @@ impl<'a> Rollout<'a> {
             self.release.name_any()
         );
         let related = kube::Resource::object_ref(self.release, &());
-        self.ctx
-            .publish(&dep, rollback, reason, "Rollout", note, Some(related))
-            .await;
+        Notice {
+            warning: rollback,
+            ..Notice::normal(reason, note)
+        }
+        .emit(self.ctx, &dep, "Rollout", Some(related))
+        .await;
         Ok(())
     }
 
@@ -250,7 +225,7 @@ impl<'a> Rollout<'a> {
             return Ok(());
         }
         if let Some((why, message)) = rollout::approval_pending(self.release, &image.digest) {
-            self.set(Phase::AwaitingApproval, Kind::Progressing, why, message);
+            self.set(Phase::AwaitingApproval, Health::Progressing, why, message);
             return Ok(());
         }
         if let Err(f) = release_signing::verify(self.ctx, self.release, self.pipeline, &image).await
@@ -261,9 +236,9 @@ impl<'a> Rollout<'a> {
                 self.status.phase
             };
             let kind = if f.block {
-                Kind::Ended { failed: true }
+                Health::Ended { failed: true }
             } else {
-                Kind::Stalled
+                Health::Stalled
             };
             self.set(phase, kind, f.category, f.message);
             return Ok(());
@@ -289,13 +264,13 @@ impl<'a> Rollout<'a> {
             let message = format!(
                 "target Deployment {name} not found in namespace {ns}; a release only rolls out to a Deployment in its own namespace"
             );
-            self.set(phase, Kind::Stalled, reason::TARGET_NOT_FOUND, message);
+            self.set(phase, Health::Stalled, reason::TARGET_NOT_FOUND, message);
             return Ok(None);
         };
         let container = &self.release.spec.target.container;
         if rollout::container_image(&dep, container).is_none() {
             let message = format!("Deployment {name} has no container named {container}");
-            self.set(phase, Kind::Stalled, reason::CONTAINER_NOT_FOUND, message);
+            self.set(phase, Health::Stalled, reason::CONTAINER_NOT_FOUND, message);
             return Ok(None);
         }
         Ok(Some(dep))
@@ -314,7 +289,7 @@ impl<'a> Rollout<'a> {
                     format!("waiting: ModelRelease {other} is rolling out to Deployment {target}");
                 self.set(
                     phase,
-                    Kind::Progressing,
+                    Health::Progressing,
                     reason::WAITING_FOR_ROLLOUT,
                     message,
                 );
@@ -326,7 +301,7 @@ impl<'a> Rollout<'a> {
                 );
                 self.set(
                     Phase::Superseded,
-                    Kind::Ended { failed: false },
+                    Health::Ended { failed: false },
                     reason::SUPERSEDED,
                     message,
                 );
@@ -532,7 +507,7 @@ impl<'a> Rollout<'a> {
         let message = format!("{why}; rolling back unless it recovers within {grace}s of {since}");
         self.set(
             Phase::Verifying,
-            Kind::Progressing,
+            Health::Progressing,
             reason::UNHEALTHY,
             message,
         );
@@ -607,7 +582,7 @@ impl<'a> Rollout<'a> {
         self.rolled_out(false, reason::VULNERABLE, &why);
         self.set(
             Phase::RollingBack,
-            Kind::Progressing,
+            Health::Progressing,
             reason::ROLLING_BACK,
             why,
         );
@@ -644,7 +619,7 @@ impl<'a> Rollout<'a> {
 
     fn end_without_undo(&mut self, why: &'static str, message: String) {
         self.rolled_out(false, why, &message);
-        self.set(Phase::Failed, Kind::Ended { failed: true }, why, message);
+        self.set(Phase::Failed, Health::Ended { failed: true }, why, message);
         self.count(Phase::Failed, why);
     }
 
@@ -687,7 +662,7 @@ impl<'a> Rollout<'a> {
         self.rolled_out(false, reason::ROLLING_OUT, &message);
         self.set(
             Phase::RollingOut,
-            Kind::Progressing,
+            Health::Progressing,
             reason::ROLLING_OUT,
             message,
         );
@@ -750,7 +725,7 @@ impl<'a> Rollout<'a> {
                 let message = format!("rolling out {}: {m}", rollout.image);
                 self.set(
                     Phase::RollingOut,
-                    Kind::Progressing,
+                    Health::Progressing,
                     reason::ROLLING_OUT,
                     message,
                 );
@@ -781,7 +756,7 @@ impl<'a> Rollout<'a> {
             );
             self.set(
                 Phase::Signing,
-                Kind::Progressing,
+                Health::Progressing,
                 reason::WAITING_FOR_ROLLOUT,
                 message,
             );
@@ -834,7 +809,7 @@ impl<'a> Rollout<'a> {
             let message = format!("{message}; running post-deploy stages: {}", post.join(", "));
             self.set(
                 Phase::Verifying,
-                Kind::Progressing,
+                Health::Progressing,
                 reason::VERIFYING,
                 message,
             );
@@ -853,7 +828,7 @@ impl<'a> Rollout<'a> {
             "released {image} to Deployment {}; gates passed {gates}",
             self.target()
         );
-        self.set(Phase::Released, Kind::Released, reason::RELEASED, message);
+        self.set(Phase::Released, Health::Ready, reason::RELEASED, message);
         self.count(Phase::Released, reason::RELEASED);
     }
 
@@ -916,7 +891,7 @@ impl<'a> Rollout<'a> {
         let Some(previous) = self.status.previous_image.clone() else {
             self.set(
                 Phase::Failed,
-                Kind::Ended { failed: true },
+                Health::Ended { failed: true },
                 reason::ROLLBACK_FAILED,
                 format!("{why}; no previous image is recorded to restore"),
             );
@@ -931,7 +906,7 @@ impl<'a> Rollout<'a> {
         let message = format!("{why}; restoring {previous}");
         self.set(
             Phase::RollingBack,
-            Kind::Progressing,
+            Health::Progressing,
             reason::ROLLING_BACK,
             message,
         );
@@ -990,7 +965,7 @@ impl<'a> Rollout<'a> {
                 let message = format!("{why}; restoring {previous}: {m}");
                 self.set(
                     Phase::RollingBack,
-                    Kind::Progressing,
+                    Health::Progressing,
                     reason::ROLLING_BACK,
                     message,
                 );
@@ -1006,7 +981,7 @@ impl<'a> Rollout<'a> {
                 };
                 self.set(
                     Phase::RolledBack,
-                    Kind::Ended { failed: true },
+                    Health::Ended { failed: true },
                     cause,
                     message,
                 );
@@ -1016,7 +991,7 @@ impl<'a> Rollout<'a> {
                 let message = format!("{why}; restoring {previous} failed too: {m}");
                 self.set(
                     Phase::Failed,
-                    Kind::Ended { failed: true },
+                    Health::Ended { failed: true },
                     reason::ROLLBACK_FAILED,
                     message,
                 );
