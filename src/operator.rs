@@ -143,7 +143,7 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     // ended in 410 Gone. A consistent list starts a watch the server can serve. (A restarted API
     // server here also answered some custom-resource requests only after minutes, its etcd client
     // retrying: the caches can lag that long, so every status write carries a precondition; see
-    // `reconcile::release_write`.)
+    // `reconcile::status_write`.)
     let wc = watch_config();
 
     let release_controller = Controller::new(releases.clone(), wc.clone());

@@ -7,8 +7,8 @@ pub mod release;
 pub mod release_plan;
 pub mod release_rollout;
 pub mod release_signing;
-pub mod release_write;
 pub mod rescan;
+pub mod status_write;
 
 use std::{sync::Arc, time::Duration};
 

@@ -4,14 +4,9 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
-use kube::{
-    Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
-    runtime::controller::Action,
-};
-use serde_json::json;
+use kube::{Api, ResourceExt, api::ListParams, runtime::controller::Action};
 
-use super::{Ctx, Error, Notice, api, history, release_plan, rescan};
+use super::{Ctx, Error, Notice, api, history, release_plan, rescan, status_write::StatusWriter};
 use crate::{
     api::{
         ModelRelease, SecurePipeline, SecurePipelineStatus,
@@ -60,15 +55,9 @@ async fn reconcile_inner(pipeline: &SecurePipeline, ctx: &Ctx) -> Result<Action,
     conditions::keep_transition_times(&mut status.conditions, &old.conditions);
     let ready = conditions::is_true(&status.conditions, conditions::READY);
     if status != old {
-        let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "SecurePipeline", "status": status});
-        Api::<SecurePipeline>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(
-                &pipeline.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(api("patch-pipeline-status"))?;
+        StatusWriter::new(ctx.client.clone(), pipeline)
+            .write(&status)
+            .await?;
         let was_ready = conditions::is_true(&old.conditions, conditions::READY);
         if ready != was_ready || old.conditions.is_empty() {
             let message = conditions::get(&status.conditions, conditions::READY)

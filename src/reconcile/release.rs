@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::{
     Ctx, Error, Notice, api, release_plan, release_rollout, release_signing,
-    release_write::StatusWriter,
+    status_write::StatusWriter,
 };
 use crate::{
     api::{FIELD_MANAGER, LABEL_RELEASE, ModelRelease, SecurePipeline},

@@ -17,7 +17,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Ctx, Error, api, release_plan::Notice, release_signing, release_write::StatusWriter};
+use super::{Ctx, Error, api, release_plan::Notice, release_signing, status_write::StatusWriter};
 use crate::{
     api::{
         FIELD_MANAGER, FINALIZER_ROLLOUT, ModelRelease, ModelReleaseStatus, Phase, SecurePipeline,
@@ -33,7 +33,7 @@ pub struct Rollout<'a> {
     ctx: &'a Ctx,
     release: &'a ModelRelease,
     pipeline: &'a SecurePipeline,
-    writer: &'a StatusWriter,
+    writer: &'a StatusWriter<ModelRelease>,
     status: &'a mut ModelReleaseStatus,
     notices: &'a mut Vec<Notice>,
     now: Timestamp,
@@ -46,7 +46,7 @@ impl<'a> Rollout<'a> {
         ctx: &'a Ctx,
         release: &'a ModelRelease,
         pipeline: &'a SecurePipeline,
-        writer: &'a StatusWriter,
+        writer: &'a StatusWriter<ModelRelease>,
         status: &'a mut ModelReleaseStatus,
         notices: &'a mut Vec<Notice>,
     ) -> Self {

@@ -1,4 +1,4 @@
-//! The one way a reconcile writes a ModelRelease's status: a merge patch of the whole status that
+//! The one way a reconcile writes an object's status: a merge patch of the whole status that
 //! carries the resourceVersion the status was computed from. A reconcile that started from a
 //! cached copy the API server has moved past (a watch that lags after an API-server restart)
 //! writes nothing: the 409 becomes `Error::Stale` and the reconcile runs again on a fresh read,
@@ -8,38 +8,44 @@
 use std::sync::Mutex;
 
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
 };
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
 use super::{Error, api};
-use crate::api::{ModelRelease, ModelReleaseStatus};
 
-/// Status writes of one release during one reconcile, each guarded by the version it read.
-pub struct StatusWriter {
-    api: Api<ModelRelease>,
+/// Status writes of one object during one reconcile, each guarded by the version it read.
+pub struct StatusWriter<K> {
+    api: Api<K>,
     name: String,
     version: Mutex<Option<String>>,
 }
 
-impl StatusWriter {
-    /// A writer for `release` as this reconcile read it.
-    pub fn new(client: Client, release: &ModelRelease) -> Self {
-        let ns = release.namespace().unwrap_or_default();
+impl<K> StatusWriter<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    /// A writer for `obj` as this reconcile read it.
+    pub fn new(client: Client, obj: &K) -> Self {
+        let ns = obj.namespace().unwrap_or_default();
         Self {
             api: Api::namespaced(client, &ns),
-            name: release.name_any(),
-            version: Mutex::new(release.resource_version()),
+            name: obj.name_any(),
+            version: Mutex::new(obj.resource_version()),
         }
     }
 
-    /// Writes `status` if the release is still at the version this reconcile read or last
+    /// Writes `status` if the object is still at the version this reconcile read or last
     /// wrote; `Error::Stale` when it is not.
-    pub async fn write(&self, status: &ModelReleaseStatus) -> Result<(), Error> {
+    pub async fn write(&self, status: &impl Serialize) -> Result<(), Error> {
         let mut patch = json!({
-            "apiVersion": "sluice.dev/v1alpha1",
-            "kind": "ModelRelease",
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
             "status": status,
         });
         if let Some(version) = self.current() {
@@ -54,14 +60,14 @@ impl StatusWriter {
                 self.advanced(&written);
                 Ok(())
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Stale("patch-release-status")),
-            Err(e) => Err(api("patch-release-status")(e)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Stale("patch-status")),
+            Err(e) => Err(api("patch-status")(e)),
         }
     }
 
     /// Records the version a write of this reconcile produced on the version it read (a
     /// finalizer patch), so the next status write expects it.
-    pub fn advanced(&self, written: &ModelRelease) {
+    pub fn advanced(&self, written: &K) {
         *self
             .version
             .lock()
@@ -82,7 +88,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{fixtures, reconcile::Context};
+    use crate::{
+        api::{ModelRelease, ModelReleaseStatus},
+        fixtures,
+        reconcile::Context,
+    };
 
     const STATUS_PATH: &str =
         "/apis/sluice.dev/v1alpha1/namespaces/evip/modelreleases/predictor-42/status";
@@ -92,7 +102,7 @@ mod tests {
         let (ctx, mut server) = Context::test();
         let mut release = fixtures::release();
         release.metadata.resource_version = Some("10".into());
-        let writer = StatusWriter::new(ctx.client.clone(), &release);
+        let writer = StatusWriter::<ModelRelease>::new(ctx.client.clone(), &release);
         let status = ModelReleaseStatus::default();
         let client = tokio::spawn(async move {
             let first = writer.write(&status).await;
@@ -112,7 +122,7 @@ mod tests {
         let (first, second) = client.await.expect("joined");
         assert!(first.is_ok(), "{first:?}");
         assert!(
-            matches!(second, Err(Error::Stale("patch-release-status"))),
+            matches!(second, Err(Error::Stale("patch-status"))),
             "{second:?}"
         );
     }
