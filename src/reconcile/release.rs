@@ -79,7 +79,7 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
         plan = release_plan::plan(release, pipeline.as_ref(), &seen, (ctx.now)());
     }
     if let Some(p) = pipeline.as_ref() {
-        sign_if_due(ctx, release, p, &seen, &mut plan).await;
+        sign_if_due(ctx, release, p, &seen, &mut plan).await?;
         // Rescans are new audits: the pipeline's policy as it is now judges them.
         let policy = live.as_ref().unwrap_or(p);
         record_rescan(ctx, release, policy, &mut plan).await?;
@@ -131,11 +131,23 @@ async fn sign_if_due(
     pipeline: &SecurePipeline,
     task_runs: &[TaskRun],
     plan: &mut release_plan::Plan,
-) {
+) -> Result<(), Error> {
     let due = plan.status.phase == Phase::Signing && plan.status.signature.is_none();
     let Some(image) = plan.status.image.clone().filter(|_| due) else {
-        return;
+        return Ok(());
     };
+    // The one read that must be fresh before a registry write: a cached copy that lags (the
+    // release signed and moved on) would attach a second attestation.
+    let current = Api::<ModelRelease>::namespaced(
+        ctx.client.clone(),
+        &release.namespace().unwrap_or_default(),
+    )
+    .get_opt(&release.name_any())
+    .await
+    .map_err(api("get-release"))?;
+    if current.is_some_and(|c| c.resource_version() != release.resource_version()) {
+        return Err(Error::Stale("sign"));
+    }
     let now = (ctx.now)();
     match release_signing::sign(ctx, release, pipeline, &image, &plan.status.stages).await {
         Ok(signature) => {
@@ -186,6 +198,7 @@ async fn sign_if_due(
             }
         }
     }
+    Ok(())
 }
 
 /// Folds the latest finished rescan of a Released release into its status: the release

@@ -109,9 +109,16 @@ pub fn gates_predicate(
     pipeline: &SecurePipeline,
     stages: &[StageStatus],
 ) -> serde_json::Value {
+    let post_deploy = |name: &str| {
+        pipeline
+            .spec
+            .stages
+            .iter()
+            .any(|st| st.name == name && st.is_post_deploy())
+    };
     let stages: Vec<_> = stages
         .iter()
-        .filter(|s| s.gate.is_some())
+        .filter(|s| s.gate.is_some() && !post_deploy(&s.name))
         .map(|s| {
             serde_json::json!({
                 "name": s.name,
@@ -341,6 +348,24 @@ pub fn docker_config_auth(config: &[u8], host: &str) -> Option<RegistryAuth> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures;
+
+    #[test]
+    fn the_gates_predicate_holds_only_pre_deploy_verdicts_so_it_is_the_same_whenever_it_is_built() {
+        let judged = |name: &str| -> StageStatus {
+            serde_json::from_value(serde_json::json!({
+                "name": name, "taskRun": format!("predictor-42-{name}"),
+                "state": "Succeeded", "gate": "Passed"
+            }))
+            .expect("stage status")
+        };
+        let (release, pipeline) = (fixtures::release(), fixtures::pipeline());
+        let before = gates_predicate(&release, &pipeline, &[judged("unit-tests")]);
+        // A post-deploy verdict recorded later (a signing retried from a lagging cache) changes nothing.
+        let after = gates_predicate(&release, &pipeline, &[judged("unit-tests"), judged("dast")]);
+        assert_eq!(before, after);
+        assert_eq!(before["stages"].as_array().map(Vec::len), Some(1));
+    }
 
     #[test]
     fn reads_docker_config_credentials_both_ways() {
