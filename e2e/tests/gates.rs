@@ -425,6 +425,13 @@ async fn invalid_pipelines_are_rejected_at_admission_with_readable_messages() ->
             ),
             "seconds, minutes and hours must each be a list of",
         ),
+        (
+            base(
+                json!([{"name": "a", "taskRef": t}]),
+                json!({"rescan": {"schedule": "0 0 1,,15 * *", "stages": ["a"]}}),
+            ),
+            "no field may have an empty list item",
+        ),
     ];
     let api = ns.api::<SecurePipeline>();
     for (object, expected) in cases {

@@ -378,7 +378,7 @@ pub struct Exception {
 /// Scheduled re-audit of the released revision.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(r"self.schedule.matches('^@(yearly|annually|monthly|weekly|daily|hourly)$') || self.schedule.matches('^ *(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?(,(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?)* +(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?(,(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?)*( +(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?(,(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?)*)? +[^ ]+ +[^ ]+ +[^ ]+ *$')").message("schedule needs 5 cron fields (6 with leading seconds) or @daily-style; seconds, minutes and hours must each be a list of '*', 'N' or 'N-M', each optionally '/STEP'"))]
+#[x_kube(validation = Rule::new(r"self.schedule.matches('^@(yearly|annually|monthly|weekly|daily|hourly)$') || !self.schedule.matches('(^|[ ,]),|,( |$)') && self.schedule.matches('^ *(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?(,(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?)* +(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?(,(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?)*( +(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?(,(\\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?)*)? +[^ ]+ +[^ ]+ +[^ ]+ *$')").message("schedule needs 5 cron fields (6 with leading seconds) or @daily-style; seconds, minutes and hours must each be a list of '*', 'N' or 'N-M', each optionally '/STEP', and no field may have an empty list item"))]
 pub struct RescanSpec {
     /// Cron schedule in UTC, e.g. "0 3 * * *".
     #[schemars(length(min = 6, max = 128))]

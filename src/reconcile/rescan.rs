@@ -57,6 +57,9 @@ fn time_fields_problem(schedule: &str) -> Option<String> {
         6 => 3,
         n => return Some(format!("expected 5 or 6 fields, found {n}")),
     };
+    if let Some(bad) = fields.iter().find(|f| f.split(',').any(str::is_empty)) {
+        return Some(format!("field {bad:?} has an empty list item"));
+    }
     let bad = fields[..time_fields]
         .iter()
         .find(|f| !f.split(',').all(time_item_ok))?;
@@ -551,15 +554,22 @@ mod tests {
     }
 
     #[test]
-    fn letters_in_the_time_fields_are_refused_before_croner_searches_for_ever() {
-        // Found by fuzzing: croner takes `l` in these fields, matches nothing and searches to the
-        // year 5000; `L`, `#` and names stay allowed in the day and month fields.
+    fn fields_that_match_nothing_are_refused_before_croner_searches_for_ever() {
+        // Found by fuzzing: croner takes `l` or an empty list in these fields, matches nothing
+        // and searches to the year 5000; `L`, `#` and names stay allowed in the day fields.
         for bad in [
             "* l * * * 1",
             "l l * * * *",
             "0 L * * *",
             "0 MON * * *",
             "0 0 0",
+            ", 4 * , * 0",
+            "0 1, * * *",
+            "*/0 * * * *",
+            "5-3 * * * *",
+            "- * * * *",
+            "*/4 * * ,, * *",
+            "0 0 * 1, *",
         ] {
             assert!(parse_schedule(bad).is_err(), "{bad} accepted");
         }
@@ -569,6 +579,8 @@ mod tests {
             "0 0 L * *",
             "0 0 * JAN 5#2",
             "@daily",
+            "0,30 9-17/2 * * 1-5",
+            "15 */6 * * *",
         ] {
             assert!(parse_schedule(good).is_ok(), "{good} refused");
         }
