@@ -1,0 +1,3 @@
+module sluice.dev/e2e/node/pause
+
+go 1.26.0
