@@ -2,8 +2,9 @@
 # Builds the real node's components from pinned Go modules into a cache directory keyed by their
 # versions (versions.env, e2e/tools/versions.env, tools/*/go.mod and this script's pause program)
 # and prints that directory: kubelet and kube-proxy (the control plane's Kubernetes version, in a
-# module of their own), containerd with its runc shim and ctr, the CNI plugins, CoreDNS and a
-# pause program. runc itself comes from Debian (see e2e/node/deps.sh).
+# module of their own), containerd with its runc shim and ctr, the CNI plugins, CoreDNS, a pause
+# program, Tekton's helper commands (entrypoint, nop, sidecarlogresults, workingdirinit) and
+# Debian's static busybox for shell steps. runc comes from Debian (`e2e/node/node` installs it).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,6 +51,21 @@ build_cni() {
   chmod +x "$bin/cni-plugins"
 }
 
+build_tekton_helpers() {
+  (cd "$here/tools/tekton" && for cmd in entrypoint nop sidecarlogresults workingdirinit; do
+    go build -ldflags "-s -w" -o "$bin/tekton-$cmd" "github.com/tektoncd/pipeline/cmd/$cmd" || exit 1
+  done)
+}
+
+# A shell image for Tekton's script steps: Debian's statically linked busybox, its applets as links.
+fetch_busybox() {
+  local tmp
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download busybox-static >/dev/null && dpkg-deb -x busybox-static_*.deb x) || { rm -rf "$tmp"; return 1; }
+  cp "$tmp/x/bin/busybox" "$bin/busybox"
+  rm -rf "$tmp"
+}
+
 build_pause() {
   (cd "$here/pause" && go build -ldflags "-s -w" -o "$bin/pause" .)
 }
@@ -60,6 +76,8 @@ main() {
   build cni-plugins build_cni
   build coredns go_install coredns "github.com/coredns/coredns@$COREDNS_VERSION"
   build pause build_pause
+  build tekton-entrypoint build_tekton_helpers
+  build busybox fetch_busybox
   echo "$root"
 }
 
