@@ -94,6 +94,7 @@ mod tests {
             when: None,
             produces: None,
             timeout: None,
+            pod_template: None,
         }
     }
 

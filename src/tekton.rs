@@ -44,6 +44,9 @@ pub struct TaskRunSpec {
     /// Timeout, a Go duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Where the pod runs (the stage's placement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<crate::api::pipeline::StagePodTemplate>,
     /// `TaskRunCancelled` once cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
@@ -229,6 +232,7 @@ pub fn build(
         workspaces: stage.workspaces.clone(),
         service_account_name: pipeline.spec.service_account_name.clone(),
         timeout: stage.timeout.clone(),
+        pod_template: stage.pod_template.clone(),
         ..TaskRunSpec::default()
     };
     TaskRun {
@@ -406,6 +410,33 @@ mod tests {
                 reason: "Failed".into(),
                 message: "m".into()
             })
+        );
+    }
+
+    #[test]
+    fn a_stage_s_placement_becomes_the_task_run_s_pod_template() {
+        let mut pipeline = crate::fixtures::pipeline();
+        pipeline.spec.stages[0].pod_template = serde_json::from_value(json!({
+            "nodeSelector": {"kubernetes.io/hostname": "sluice-node-0"},
+            "tolerations": [{"key": "sluice.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}]
+        }))
+        .expect("pod template");
+        let release = crate::fixtures::release();
+        let placed = build(&release, &pipeline, &pipeline.spec.stages[0], None, None);
+        let wire = serde_json::to_value(&placed).expect("json");
+        assert_eq!(
+            wire["spec"]["podTemplate"]["nodeSelector"]["kubernetes.io/hostname"],
+            "sluice-node-0"
+        );
+        assert_eq!(
+            wire["spec"]["podTemplate"]["tolerations"][0]["key"],
+            "sluice.dev/real-node"
+        );
+        let unplaced = build(&release, &pipeline, &pipeline.spec.stages[1], None, None);
+        assert!(
+            serde_json::to_value(&unplaced).expect("json")["spec"]
+                .get("podTemplate")
+                .is_none()
         );
     }
 

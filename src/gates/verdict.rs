@@ -338,6 +338,7 @@ mod tests {
             when: None,
             produces: None,
             timeout: None,
+            pod_template: None,
         }
     }
 
