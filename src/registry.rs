@@ -116,18 +116,12 @@ impl Registry {
     /// Fails unless `repo@digest` exists.
     pub async fn require_manifest(&self, repo: &str, digest: &str) -> Result<(), RegistryError> {
         let name = format!("{repo}@{digest}");
-        let reference = Self::reference(&name)?;
-        match self
-            .client
-            .fetch_manifest_digest(&reference, &self.auth)
-            .await
-        {
-            Ok(found) if found == digest => Ok(()),
-            Ok(other) => Err(RegistryError::Other {
+        match self.resolve_digest(&name).await? {
+            found if found == digest => Ok(()),
+            other => Err(RegistryError::Other {
                 reference: name,
                 detail: format!("registry answered digest {other}"),
             }),
-            Err(e) => Err(classify(&name, e)),
         }
     }
 

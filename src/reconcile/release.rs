@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::{
     Ctx, Error, Notice, api, release_plan, release_rollout, release_signing,
-    status_write::StatusWriter,
+    status_write::{StatusWriter, read_fresh},
 };
 use crate::{
     api::{FIELD_MANAGER, LABEL_RELEASE, ModelRelease, SecurePipeline},
@@ -36,11 +36,7 @@ async fn reconcile_fresh(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
     match reconcile_inner(release, ctx).await {
         Err(Error::Stale(action)) => {
             let ns = release.namespace().ok_or(Error::NoNamespace)?;
-            let fresh = Api::<ModelRelease>::namespaced(ctx.client.clone(), &ns)
-                .get_opt(&release.name_any())
-                .await
-                .map_err(api("get-release"))?;
-            match fresh {
+            match read_fresh(&ctx.client, release).await? {
                 Some(fresh) if fresh.resource_version() != release.resource_version() => {
                     info!(release = %release.name_any(), namespace = %ns, action, "cached copy was stale; reconciling a fresh read");
                     reconcile_inner(&fresh, ctx).await
@@ -138,13 +134,7 @@ async fn sign_if_due(
     };
     // The one read that must be fresh before a registry write: a cached copy that lags (the
     // release signed and moved on) would attach a second attestation.
-    let current = Api::<ModelRelease>::namespaced(
-        ctx.client.clone(),
-        &release.namespace().unwrap_or_default(),
-    )
-    .get_opt(&release.name_any())
-    .await
-    .map_err(api("get-release"))?;
+    let current = read_fresh(&ctx.client, release).await?;
     if current.is_some_and(|c| c.resource_version() != release.resource_version()) {
         return Err(Error::Stale("sign"));
     }

@@ -17,7 +17,12 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Ctx, Error, api, release_plan::Notice, release_signing, status_write::StatusWriter};
+use super::{
+    Ctx, Error, api,
+    release_plan::Notice,
+    release_signing,
+    status_write::{StatusWriter, read_fresh},
+};
 use crate::{
     api::{
         FIELD_MANAGER, FINALIZER_ROLLOUT, ModelRelease, ModelReleaseStatus, Phase, SecurePipeline,
@@ -358,11 +363,7 @@ impl<'a> Rollout<'a> {
             }
             other => return other.map(|_| ()),
         }
-        let api_ = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace());
-        let fresh = api_
-            .get_opt(&self.release.name_any())
-            .await
-            .map_err(api("get-release"))?;
+        let fresh = read_fresh(&self.ctx.client, self.release).await?;
         // Not recorded as this reconcile's version: its status was computed from the stale copy,
         // so its next status write fails and the reconcile runs again on a fresh read.
         match fresh.as_ref().and_then(ops_for) {

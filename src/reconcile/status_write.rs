@@ -82,6 +82,21 @@ where
     }
 }
 
+/// `obj` as the API server has it now (None: it is gone): the rare read that bypasses the cache,
+/// for the writes that must not start from a lagging copy.
+pub async fn read_fresh<K>(client: &Client, obj: &K) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), &obj.namespace().unwrap_or_default())
+        .get_opt(&obj.name_any())
+        .await
+        .map_err(api("get-fresh"))
+}
+
 #[cfg(test)]
 mod tests {
     use http::{Method, StatusCode};
