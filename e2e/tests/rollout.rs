@@ -1,6 +1,7 @@
 //! Gated rollout on the real control plane: kube-controller-manager rolls the Deployment out and
 //! kube-scheduler places its pods on the kwok node, which makes them Ready (or, for images under a
-//! /never-ready/ repository, never Ready).
+//! /never-ready/ repository, never Ready). Stage outcomes (test counts, findings, the built digest)
+//! are scripted by `sim.sluice.dev/*` annotations: these tests prove the rollout, not the stages.
 
 use std::{process::Command, time::Duration};
 
