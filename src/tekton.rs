@@ -432,6 +432,17 @@ mod tests {
             wire["spec"]["podTemplate"]["tolerations"][0]["key"],
             "sluice.dev/real-node"
         );
+        assert!(wire["spec"]["podTemplate"].get("hostNetwork").is_none());
+        pipeline.spec.stages[0]
+            .pod_template
+            .as_mut()
+            .expect("placed")
+            .host_network = true;
+        let on_host = build(&release, &pipeline, &pipeline.spec.stages[0], None, None);
+        assert_eq!(
+            serde_json::to_value(&on_host).expect("json")["spec"]["podTemplate"]["hostNetwork"],
+            true
+        );
         let unplaced = build(&release, &pipeline, &pipeline.spec.stages[1], None, None);
         assert!(
             serde_json::to_value(&unplaced).expect("json")["spec"]

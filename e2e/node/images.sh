@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # Builds the real node's step images without Docker and pushes them to the local registry (the
-# e2e cluster must be up); prints the tools image reference.
-#   sluice-node/python:bookworm-*   Debian bookworm (debootstrap minbase) with Python 3.11 (also as
-#                                   `python`), pip, CA certificates and git
-#   sluice-node/evip-tools:<key>    that base plus one layer: the example app's pinned requirements
-#                                   and its test tools, installed by pip in a chroot (pods have no
-#                                   internet, so everything a step needs is in the image)
-# Both root filesystems are cached as tarballs beside the node's tools, keyed by what goes in.
+# e2e cluster must be up). Writes their references as shell assignments to stdout:
+#   BASE_IMAGE     sluice-node/python: Debian bookworm (debootstrap minbase) with Python 3.11 (also as
+#                  `python`), pip, CA certificates and git
+#   TOOLS_IMAGE    sluice-node/evip-tools: the base plus the example app's pinned requirements and the
+#                  tools its stages run (pytest, coverage, ruff, Bandit, the audit's YAML/CVSS
+#                  parsers); pods have no internet, so everything a step needs is in the image
+#   RUNTIME_IMAGE  sluice-node/evip-runtime: the base plus only the app's requirements; the build stage
+#                  passes it as the Containerfile's BASE_IMAGE (upstream python images cannot be
+#                  pulled here), so the Containerfile's own `pip install` finds them satisfied
+#   DAST_IMAGE     sluice-node/wapiti: the base plus wapiti3, a real DAST scanner from PyPI
+#   BUILDAH_IMAGE  sluice-node/buildah: the base plus Debian's buildah
+# Every layer is made in a chroot over an overlay of the base; the root filesystems are cached as
+# tarballs beside the node's tools, keyed by what goes in.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 state="${SLUICE_E2E_DIR:-$repo/.e2e}"
 app="$repo/examples/evip/app"
-# The test tools, pinned like the requirements (the same versions e2e/tests/example_tasks.rs uses).
-TOOLS="pytest==8.3.3 bandit==1.7.10"
+# The stage tools, pinned like the requirements (the versions e2e/tests/example_tasks.rs uses, and
+# the code-quality stage's coverage and ruff).
+TOOLS="pytest==8.3.3 bandit==1.7.10 coverage==7.6.4 ruff==0.8.4 pyyaml==6.0.2 packaging==24.1 cvss==3.2"
+DAST="wapiti3==3.2.3"
 MIRROR=http://deb.debian.org/debian
 
 log() { printf '[images] %s\n' "$*" >&2; }
@@ -43,52 +51,73 @@ build_base() {
   rm -rf "$work"
 }
 
-tools_key="$(cat "$app/requirements.txt" <(echo "$TOOLS $base_key") | sha256sum | cut -c1-12)"
-tools_tar="$cache/evip-tools-$tools_key.tar"
-# pip in a chroot over an overlay of the base: the upper directory is the new layer.
-build_tools() {
-  local work merged
+# layer TAR LOG COMMAND...: runs COMMAND in a chroot over an overlay of the base and keeps the
+# upper directory as TAR (one image layer). The host's resolver and CA bundle (this machine reaches
+# the package indexes through its own CA) are there only while the command runs; overlayfs
+# deletions become OCI whiteouts.
+layer() {
+  local tar="$1" logfile="$2"
+  shift 2
+  local work merged status=0
   work="$(mktemp -d)"
   merged="$work/merged"
   mkdir -p "$work/lower" "$work/upper" "$work/work" "$merged"
   tar -C "$work/lower" -xf "$base_tar"
   mount -t overlay overlay -o "lowerdir=$work/lower,upperdir=$work/upper,workdir=$work/work" "$merged"
   cp "$app/requirements.txt" "$merged/tmp/requirements.txt"
-  # The host's CA bundle for pip's TLS (this machine's package index is reached through its own
-  # CA), only while pip runs: it is not part of the layer.
   cp /etc/ssl/certs/ca-certificates.crt "$merged/tmp/host-ca.crt"
-  cp /etc/resolv.conf "$merged/etc/resolv.conf.sluice"
-  mount --bind "$merged/etc/resolv.conf.sluice" "$merged/etc/resolv.conf" 2>/dev/null ||
-    cp /etc/resolv.conf "$merged/etc/resolv.conf"
-  log "pip install of the app's requirements and $TOOLS"
-  # shellcheck disable=SC2086
-  chroot "$merged" env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root PIP_BREAK_SYSTEM_PACKAGES=1 PIP_CERT=/tmp/host-ca.crt \
-    pip install --no-cache-dir -q -r /tmp/requirements.txt $TOOLS >"$cache/pip.log" 2>&1 || {
-    umount "$merged/etc/resolv.conf" 2>/dev/null || true
-    umount "$merged"
-    rm -rf "$work"
-    log "pip failed; see $cache/pip.log"
-    return 1
-  }
-  umount "$merged/etc/resolv.conf" 2>/dev/null || true
+  cp /etc/resolv.conf "$merged/tmp/resolv.conf"
+  mount --bind "$merged/tmp/resolv.conf" "$merged/etc/resolv.conf"
+  mount -t proc proc "$merged/proc"
+  mount --bind /dev "$merged/dev"
+  chroot "$merged" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+    PIP_BREAK_SYSTEM_PACKAGES=1 PIP_CERT=/tmp/host-ca.crt DEBIAN_FRONTEND=noninteractive \
+    "$@" >"$logfile" 2>&1 || status=$?
+  umount "$merged/dev" "$merged/proc" "$merged/etc/resolv.conf"
   umount "$merged"
-  # Only what pip added: not the resolver file, the requirements copy or Python's byte code of
-  # the base.
-  rm -f "$work/upper/etc/resolv.conf" "$work/upper/etc/resolv.conf.sluice" "$work/upper/tmp/requirements.txt" \
-    "$work/upper/tmp/host-ca.crt"
-  # overlayfs marks deletions with 0/0 character devices; an image layer cannot carry them.
-  if [[ -n "$(find "$work/upper" -type c -print -quit)" ]]; then
-    log "the tools layer deletes files of the base; refusing to build it"
+  if ((status != 0)); then
     rm -rf "$work"
+    log "building $(basename "$tar") failed; see $logfile"
     return 1
   fi
-  tar -C "$work/upper" --numeric-owner -cf "$tools_tar.tmp" .
-  mv "$tools_tar.tmp" "$tools_tar"
+  rm -rf "$work/upper/tmp/"* "$work/upper/var/cache/apt/"*.bin "$work/upper/var/lib/apt/lists/"* \
+    "$work/upper/root/.cache"
+  # overlayfs marks a deleted file with a 0/0 character device; an image layer with `.wh.<name>`.
+  find "$work/upper" -type c | while read -r dev; do
+    rm -f "$dev" && : >"$(dirname "$dev")/.wh.$(basename "$dev")"
+  done
+  tar -C "$work/upper" --numeric-owner -cf "$tar.tmp" .
+  mv "$tar.tmp" "$tar"
   rm -rf "$work"
 }
 
+# pip_layer NAME PACKAGES...: a layer with those packages (and the app's requirements when
+# PACKAGES includes `-r /tmp/requirements.txt`).
+pip_layer() {
+  local name="$1"
+  shift
+  log "$name: pip install $*"
+  layer "$cache/$name.tar" "$cache/$name.log" pip install --no-cache-dir -q "$@"
+}
+
 [[ -f "$base_tar" ]] || build_base
-[[ -f "$tools_tar" ]] || build_tools
+
+req_key="$(sha256sum <"$app/requirements.txt" | cut -c1-8)"
+tools_name="evip-tools-$(echo "$TOOLS $req_key $base_key" | sha256sum | cut -c1-12)"
+runtime_name="evip-runtime-$(echo "$req_key $base_key" | sha256sum | cut -c1-12)"
+dast_name="wapiti-$(echo "$DAST $base_key" | sha256sum | cut -c1-12)"
+buildah_name="buildah-$(echo "buildah $MIRROR $base_key" | sha256sum | cut -c1-12)"
+
+# shellcheck disable=SC2086
+[[ -f "$cache/$tools_name.tar" ]] || pip_layer "$tools_name" -r /tmp/requirements.txt $TOOLS
+[[ -f "$cache/$runtime_name.tar" ]] || pip_layer "$runtime_name" -r /tmp/requirements.txt
+# shellcheck disable=SC2086
+[[ -f "$cache/$dast_name.tar" ]] || pip_layer "$dast_name" $DAST
+if [[ ! -f "$cache/$buildah_name.tar" ]]; then
+  log "$buildah_name: apt-get install buildah"
+  layer "$cache/$buildah_name.tar" "$cache/$buildah_name.log" sh -c \
+    "echo 'deb $MIRROR bookworm main' >/etc/apt/sources.list && apt-get update -q && apt-get install -y -q --no-install-recommends buildah"
+fi
 
 # Debian's Python refuses `pip install` outside a venv (PEP 668) and the example's scripts call
 # pip; pods have no index to reach, so pip is told not to try one.
@@ -101,8 +130,19 @@ if ! "$crane" manifest "$base_ref" >/dev/null 2>&1; then
   for e in "${IMAGE_ENV[@]}"; do env_flags+=(--env "$e"); done
   "$crane" mutate "$base_ref-layer" --set-platform linux/amd64 "${env_flags[@]}" -t "$base_ref" >/dev/null 2>&1
 fi
-tools_ref="$registry/sluice-node/evip-tools:$tools_key-$env_key"
-if ! "$crane" manifest "$tools_ref" >/dev/null 2>&1; then
-  "$crane" append -b "$base_ref" -f "$tools_tar" -t "$tools_ref" >/dev/null 2>&1
-fi
-echo "$tools_ref"
+
+# push NAME: the base plus that layer, tagged by the layer's key; prints the reference.
+push() {
+  local repo_name="${1%-*}" key="${1##*-}"
+  local ref="$registry/sluice-node/$repo_name:$key-$env_key"
+  if ! "$crane" manifest "$ref" >/dev/null 2>&1; then
+    "$crane" append -b "$base_ref" -f "$cache/$1.tar" -t "$ref" >/dev/null 2>&1
+  fi
+  echo "$ref"
+}
+
+echo "BASE_IMAGE=$base_ref"
+echo "TOOLS_IMAGE=$(push "$tools_name")"
+echo "RUNTIME_IMAGE=$(push "$runtime_name")"
+echo "DAST_IMAGE=$(push "$dast_name")"
+echo "BUILDAH_IMAGE=$(push "$buildah_name")"

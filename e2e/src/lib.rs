@@ -135,7 +135,7 @@ impl TestNamespace {
             "-f",
             "examples/evip/tasks.yaml",
             "-f",
-            "examples/evip/pipeline.yaml",
+            "e2e/fixtures/pipeline.yaml",
         ])?;
         // Gate tests stop before signing; signing tests add a key with `with_signing_key`.
         this.kubectl(&[

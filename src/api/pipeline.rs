@@ -163,10 +163,13 @@ pub struct Stage {
     pub pod_template: Option<StagePodTemplate>,
 }
 
-/// The part of Tekton's podTemplate a stage may set: placement only.
+/// The part of Tekton's podTemplate a stage may set: placement, and the node's network.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StagePodTemplate {
+    /// Runs the stage's pod in the node's network namespace, e.g. a build that pushes to a registry on the node's loopback. Off by default: grant it only to stages whose Task you trust.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
     /// Node labels the pod must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(length(max = 16))]
@@ -291,7 +294,7 @@ pub struct SecretVolume {
 /// What a stage's results must show. Both parts may be set; each is checked.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.tests) || has(self.findings)").message("a gate needs tests or findings"))]
+#[x_kube(validation = Rule::new("has(self.tests) || has(self.findings) || has(self.quality)").message("a gate needs tests, findings or quality"))]
 pub struct Gate {
     /// Reads the TEST_OUTPUT result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -299,6 +302,38 @@ pub struct Gate {
     /// Reads the FINDINGS result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub findings: Option<FindingsGate>,
+    /// Reads the QUALITY result (coverage and lint issues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityGate>,
+}
+
+/// Gate on code quality: a coverage floor, per-level issue maximums, or both.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.minCoverage) || has(self.maxIssues)").message("a quality gate needs minCoverage or maxIssues"))]
+pub struct QualityGate {
+    /// Lowest line coverage allowed, in percent (0 to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub min_coverage: Option<f64>,
+    /// Most issues allowed per level; a level left out is not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_issues: Option<IssueLimits>,
+}
+
+/// Per-level maximum counts of code-quality issues.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssueLimits {
+    /// Most error-level issues allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<u32>,
+    /// Most warning-level issues allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<u32>,
+    /// Most info-level issues allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<u32>,
 }
 
 /// Gate on a test report.

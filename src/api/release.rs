@@ -240,6 +240,26 @@ pub struct FindingCounts {
     pub unknown: u32,
 }
 
+/// Code quality from a QUALITY result.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct QualityReport {
+    /// Line coverage in percent.
+    pub coverage: f64,
+    /// Lint issues per level.
+    pub issues: IssueCounts,
+}
+
+/// Code-quality issues counted per level.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub struct IssueCounts {
+    /// Error-level issues.
+    pub error: u32,
+    /// Warning-level issues.
+    pub warning: u32,
+    /// Info-level issues.
+    pub info: u32,
+}
+
 /// Test counts from a TEST_OUTPUT result.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub struct TestCounts {
@@ -272,6 +292,9 @@ pub struct StageStatus {
     /// Test counts read from TEST_OUTPUT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<TestCounts>,
+    /// Coverage and issue counts read from QUALITY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityReport>,
     /// Exception IDs that were subtracted from the findings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exceptions_applied: Vec<String>,

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::api::release::{FindingCounts, TestCounts};
+use crate::api::release::{FindingCounts, IssueCounts, QualityReport, TestCounts};
 
 /// Largest result value read, in bytes; Tekton's own termination-message limit is 4 KiB.
 pub const MAX_RESULT_BYTES: usize = 16 * 1024;
@@ -17,6 +17,8 @@ pub const MAX_ID_LEN: usize = 256;
 pub const TEST_OUTPUT: &str = "TEST_OUTPUT";
 /// Name of the result holding the findings.
 pub const FINDINGS: &str = "FINDINGS";
+/// Name of the result holding code coverage and lint issues.
+pub const QUALITY: &str = "QUALITY";
 /// Name of the result holding the pushed image's URL.
 pub const IMAGE_URL: &str = "IMAGE_URL";
 /// Name of the result holding the pushed image's digest.
@@ -206,6 +208,41 @@ impl Findings {
     }
 }
 
+/// A parsed QUALITY result: `{"coverage": 83.4, "issues": {"error": 0, "warning": 3, "info": 7}}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Quality {
+    coverage: f64,
+    issues: Issues,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Issues {
+    error: u32,
+    warning: u32,
+    info: u32,
+}
+
+/// Parses QUALITY: coverage must be a percentage, every issue level a count.
+pub fn quality(results: &StageResults) -> Result<QualityReport, ResultError> {
+    let parsed: Quality = json_object(QUALITY, results.get(QUALITY)?)?;
+    if !(0.0..=100.0).contains(&parsed.coverage) {
+        return Err(malformed(
+            QUALITY,
+            "coverage is not a percentage from 0 to 100",
+        ));
+    }
+    Ok(QualityReport {
+        coverage: parsed.coverage,
+        issues: IssueCounts {
+            error: parsed.issues.error,
+            warning: parsed.issues.warning,
+            info: parsed.issues.info,
+        },
+    })
+}
+
 /// Parses a result that must be one JSON object of type `T`. serde would also accept a JSON
 /// array as a struct's fields in order; the contract is an object, so anything else is malformed.
 fn json_object<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<T, ResultError> {
@@ -324,6 +361,35 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.clone()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn quality_is_strict_and_bounded() {
+        let ok = quality(&results(&[(
+            QUALITY,
+            json!(r#"{"coverage": 83.4, "issues": {"error": 0, "warning": 3, "info": 7}}"#),
+        )]))
+        .expect("valid");
+        assert!((ok.coverage - 83.4).abs() < 1e-9);
+        assert_eq!(ok.issues.warning, 3);
+        for bad in [
+            r#"{"coverage": 101, "issues": {"error": 0, "warning": 0, "info": 0}}"#,
+            r#"{"coverage": -1, "issues": {"error": 0, "warning": 0, "info": 0}}"#,
+            r#"{"coverage": "90", "issues": {"error": 0, "warning": 0, "info": 0}}"#,
+            r#"{"coverage": 90, "issues": {"error": -1, "warning": 0, "info": 0}}"#,
+            r#"{"coverage": 90, "issues": {"error": 0, "warning": 0}}"#,
+            r#"{"coverage": 90}"#,
+            r#"{"coverage": 90, "issues": {"error": 0, "warning": 0, "info": 0}, "extra": 1}"#,
+            r#"[90, {"error": 0, "warning": 0, "info": 0}]"#,
+            "1e999",
+        ] {
+            let e = quality(&results(&[(QUALITY, json!(bad))])).expect_err(bad);
+            assert_eq!(e.category(), "ResultMalformed", "{bad}: {e}");
+        }
+        assert_eq!(
+            quality(&results(&[])).expect_err("missing").category(),
+            "ResultMissing"
+        );
     }
 
     #[test]

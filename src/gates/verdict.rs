@@ -5,8 +5,11 @@ use jiff::civil::Date;
 use super::results::{self, BuiltImage, Findings, ResultError, StageResults, TestResult};
 use crate::api::{
     Stage,
-    pipeline::{Exception, FindingsGate, MaxSeverity, Produces, SeverityLimits, TestsGate},
-    release::{FindingCounts, TestCounts, Verdict},
+    pipeline::{
+        Exception, FindingsGate, IssueLimits, MaxSeverity, Produces, QualityGate, SeverityLimits,
+        TestsGate,
+    },
+    release::{FindingCounts, QualityReport, TestCounts, Verdict},
 };
 
 /// How a stage's TaskRun ended.
@@ -41,6 +44,8 @@ pub struct GateVerdict {
     pub findings: Option<FindingCounts>,
     /// Test counts.
     pub tests: Option<TestCounts>,
+    /// Coverage and lint issues.
+    pub quality: Option<QualityReport>,
     /// Exception IDs subtracted.
     pub exceptions_applied: Vec<String>,
     /// The image, for the stage that produces it.
@@ -55,6 +60,7 @@ impl GateVerdict {
             reason,
             findings: None,
             tests: None,
+            quality: None,
             exceptions_applied: Vec::new(),
             image: None,
         }
@@ -117,6 +123,7 @@ fn judge_results(
         reason: String::new(),
         findings: None,
         tests: None,
+        quality: None,
         exceptions_applied: Vec::new(),
         image: None,
     };
@@ -149,10 +156,26 @@ fn judge_results(
         if let Some(why) = findings_violation(findings_gate, &counts) {
             verdict.verdict = Verdict::Blocked;
             verdict.category = "FindingsOverLimit";
-            verdict.reason = format!("stage {name}: {why}");
+            let ids = blocking_ids(findings_gate, &counts, &found, &verdict.exceptions_applied);
+            verdict.reason = format!("stage {name}: {why}{ids}");
             return Ok(verdict);
         }
         passed_parts.push(format!("findings {} within the gate", describe(&counts)));
+    }
+    if let Some(quality_gate) = &gate.quality {
+        let report = results::quality(results)?;
+        verdict.quality = Some(report.clone());
+        if let Some(why) = quality_violation(quality_gate, &report) {
+            verdict.verdict = Verdict::Blocked;
+            verdict.category = "QualityBelowGate";
+            verdict.reason = format!("stage {name}: {why}");
+            return Ok(verdict);
+        }
+        passed_parts.push(format!(
+            "coverage {:.1}%, issues {} within the gate",
+            report.coverage,
+            describe_issues(&report)
+        ));
     }
     verdict.reason = if passed_parts.is_empty() {
         format!("stage {name}: TaskRun succeeded")
@@ -179,6 +202,42 @@ fn tests_violation(gate: &TestsGate, output: &results::TestOutput) -> Option<Str
             output.failures, gate.max_failures
         )
     })
+}
+
+fn quality_violation(gate: &QualityGate, report: &QualityReport) -> Option<String> {
+    let mut why = Vec::new();
+    if let Some(min) = gate.min_coverage
+        && report.coverage < min
+    {
+        why.push(format!(
+            "coverage {:.1}% is below the {min}% required (minCoverage)",
+            report.coverage
+        ));
+    }
+    let limits = gate.max_issues.clone().unwrap_or_default();
+    let IssueLimits {
+        error,
+        warning,
+        info,
+    } = limits;
+    let issues = &report.issues;
+    for (level, n, limit) in [
+        ("error", issues.error, error),
+        ("warning", issues.warning, warning),
+        ("info", issues.info, info),
+    ] {
+        if let Some(limit) = limit
+            && n > limit
+        {
+            why.push(format!("{n} {level} issues, more than the {limit} allowed"));
+        }
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+fn describe_issues(report: &QualityReport) -> String {
+    let i = &report.issues;
+    format!("{} error, {} warning, {} info", i.error, i.warning, i.info)
 }
 
 /// Subtracts findings whose ID has an unexpired exception; returns the counts and the IDs applied.
@@ -233,6 +292,84 @@ fn findings_violation(gate: &FindingsGate, counts: &FindingCounts) -> Option<Str
         problems.extend(over_limits(limits, counts));
     }
     (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// Most finding IDs a blocked reason names.
+const REASON_IDS: usize = 8;
+
+/// The IDs of the findings that broke the gate, most severe first, as a reason suffix
+/// (` (PYSEC-2023-221 high, … and 9 more)`); empty when the scanner named none.
+fn blocking_ids(
+    gate: &FindingsGate,
+    counts: &FindingCounts,
+    found: &Findings,
+    excepted: &[String],
+) -> String {
+    let over_limit = |severity: results::Severity| {
+        let Some(limits) = &gate.max else {
+            return false;
+        };
+        let (n, limit) = match severity {
+            results::Severity::Critical => (counts.critical, limits.critical),
+            results::Severity::High => (counts.high, limits.high),
+            results::Severity::Medium => (counts.medium, limits.medium),
+            results::Severity::Low => (counts.low, limits.low),
+            results::Severity::Unknown => (counts.unknown, limits.unknown),
+        };
+        limit.is_some_and(|limit| n > limit)
+    };
+    let mut ids: Vec<&results::FindingId> = found
+        .ids
+        .iter()
+        .filter(|f| !excepted.iter().any(|e| e.eq_ignore_ascii_case(&f.id)))
+        .filter(|f| {
+            gate.max_severity
+                .is_some_and(|max| max < gate_level(f.severity))
+                || over_limit(f.severity)
+        })
+        .collect();
+    if ids.is_empty() {
+        return String::new();
+    }
+    ids.sort_by_key(|f| std::cmp::Reverse(gate_level(f.severity)));
+    let named: Vec<String> = ids
+        .iter()
+        .take(REASON_IDS)
+        .map(|f| {
+            format!(
+                "{} {}",
+                crate::text::bounded(&f.id, 64),
+                severity_label(f.severity)
+            )
+        })
+        .collect();
+    let more = ids.len().saturating_sub(REASON_IDS);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(" ({}{more})", named.join(", "))
+}
+
+/// Where a finding's severity sits on the gate's scale; unknown counts as high.
+fn gate_level(severity: results::Severity) -> MaxSeverity {
+    match severity {
+        results::Severity::Critical => MaxSeverity::Critical,
+        results::Severity::High | results::Severity::Unknown => MaxSeverity::High,
+        results::Severity::Medium => MaxSeverity::Medium,
+        results::Severity::Low => MaxSeverity::Low,
+    }
+}
+
+fn severity_label(severity: results::Severity) -> &'static str {
+    match severity {
+        results::Severity::Critical => "critical",
+        results::Severity::High => "high",
+        results::Severity::Medium => "medium",
+        results::Severity::Low => "low",
+        results::Severity::Unknown => "unknown",
+    }
 }
 
 fn above_severity(max: MaxSeverity, c: &FindingCounts) -> FindingCounts {
@@ -349,6 +486,7 @@ mod tests {
         Some(Gate {
             tests: None,
             findings: Some(FindingsGate { max_severity, max }),
+            quality: None,
         })
     }
 
@@ -452,6 +590,60 @@ mod tests {
     }
 
     #[test]
+    fn a_blocked_reason_names_the_findings_that_broke_the_gate_most_severe_first() {
+        let mut ids: Vec<String> = (0..10)
+            .map(|i| format!(r#"{{"id":"PYSEC-2018-{i}","severity":"unknown"}}"#))
+            .collect();
+        ids.push(r#"{"id":"GHSA-crit","severity":"critical"}"#.to_string());
+        ids.push(r#"{"id":"PYSEC-low","severity":"low"}"#.to_string());
+        ids.push(r#"{"id":"PYSEC-2024-48","severity":"high"}"#.to_string());
+        let found = findings_result(&format!(
+            r#"{{"critical":1,"high":1,"low":1,"unknown":10,"ids":[{}]}}"#,
+            ids.join(",")
+        ));
+        let exceptions = [Exception {
+            id: "PYSEC-2024-48".into(),
+            reason: "not reachable".into(),
+            expires: "2099-01-01".into(),
+        }];
+        let v = judge(
+            &stage(findings_gate(Some(MaxSeverity::Medium), None)),
+            &RunOutcome::Succeeded,
+            &found,
+            ctx(&exceptions),
+        );
+        assert_eq!(v.verdict, Verdict::Blocked);
+        assert!(
+            v.reason
+                .contains("(GHSA-crit critical, PYSEC-2018-0 unknown,"),
+            "{}",
+            v.reason
+        );
+        assert!(
+            v.reason.ends_with("PYSEC-2018-6 unknown and 3 more)"),
+            "{}",
+            v.reason
+        );
+        assert!(
+            !v.reason.contains("PYSEC-low") && !v.reason.contains("PYSEC-2024-48"),
+            "{}",
+            v.reason
+        );
+        // Per-severity limits name the severities over their limit only.
+        let limits = SeverityLimits {
+            low: Some(0),
+            ..SeverityLimits::default()
+        };
+        let v = judge(
+            &stage(findings_gate(None, Some(limits))),
+            &RunOutcome::Succeeded,
+            &found,
+            ctx(&exceptions),
+        );
+        assert!(v.reason.ends_with("(PYSEC-low low)"), "{}", v.reason);
+    }
+
+    #[test]
     fn unknown_severity_counts_as_high() {
         let v = judge(
             &stage(findings_gate(Some(MaxSeverity::Medium), None)),
@@ -507,6 +699,79 @@ mod tests {
     }
 
     #[test]
+    fn quality_gate_blocks_on_coverage_or_issues_and_names_both() {
+        let gate = |min_coverage: Option<f64>, error: Option<u32>| {
+            stage(Some(Gate {
+                quality: Some(QualityGate {
+                    min_coverage,
+                    max_issues: error.map(|e| IssueLimits {
+                        error: Some(e),
+                        ..IssueLimits::default()
+                    }),
+                }),
+                ..Gate::default()
+            }))
+        };
+        let result = |coverage: f64, error: u32| {
+            StageResults::new(vec![(
+                "QUALITY".to_string(),
+                serde_json::Value::String(format!(
+                    r#"{{"coverage": {coverage}, "issues": {{"error": {error}, "warning": 9, "info": 9}}}}"#
+                )),
+            )])
+        };
+        let ok = judge(
+            &gate(Some(80.0), Some(0)),
+            &RunOutcome::Succeeded,
+            &result(85.5, 0),
+            ctx(&[]),
+        );
+        assert_eq!(ok.verdict, Verdict::Passed, "{}", ok.reason);
+        assert!(ok.reason.contains("coverage 85.5%"), "{}", ok.reason);
+        assert_eq!(ok.quality.expect("report").issues.warning, 9);
+        let low = judge(
+            &gate(Some(80.0), None),
+            &RunOutcome::Succeeded,
+            &result(79.9, 3),
+            ctx(&[]),
+        );
+        assert_eq!(
+            (low.verdict, low.category),
+            (Verdict::Blocked, "QualityBelowGate")
+        );
+        assert!(
+            low.reason
+                .contains("coverage 79.9% is below the 80% required"),
+            "{}",
+            low.reason
+        );
+        let both = judge(
+            &gate(Some(80.0), Some(1)),
+            &RunOutcome::Succeeded,
+            &result(10.0, 2),
+            ctx(&[]),
+        );
+        assert!(
+            both.reason.contains("below")
+                && both
+                    .reason
+                    .contains("2 error issues, more than the 1 allowed"),
+            "{}",
+            both.reason
+        );
+        let missing = judge(
+            &gate(Some(80.0), None),
+            &RunOutcome::Succeeded,
+            &StageResults::default(),
+            ctx(&[]),
+        );
+        assert_eq!(
+            (missing.verdict, missing.category),
+            (Verdict::Blocked, "ResultMissing")
+        );
+    }
+
+    #[test]
     fn tests_gate() {
         let s = stage(Some(Gate {
             tests: Some(TestsGate {
@@ -514,6 +779,7 @@ mod tests {
                 min_tests: 1,
             }),
             findings: None,
+            quality: None,
         }));
         let out = |t: &str| StageResults::new(vec![(results::TEST_OUTPUT.into(), json!(t))]);
         let pass = judge(
@@ -553,6 +819,7 @@ mod tests {
                     min_tests,
                 }),
                 findings: None,
+                quality: None,
             }))
         };
         let blocked = judge(&gate(1), &RunOutcome::Succeeded, &empty, ctx(&[]));

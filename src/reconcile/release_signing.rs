@@ -127,6 +127,7 @@ pub fn gates_predicate(
                 "verdict": s.gate,
                 "findings": s.findings,
                 "tests": s.tests,
+                "quality": s.quality,
                 "exceptionsApplied": s.exceptions_applied,
                 "reason": s.reason,
             })
