@@ -6,7 +6,7 @@ CARGO ?= cargo
 demo:
 	e2e/demo
 
-test: unit e2e soak-short fuzz
+test: unit e2e soak-short node-smoke fuzz
 
 unit:
 	$(CARGO) test --workspace --exclude sluice-e2e
@@ -21,8 +21,8 @@ soak:
 soak-short:
 	e2e/soak --short
 
-# A real node (kubelet + containerd + runc) next to the kwok node: a pod and a TaskRun run on it,
-# and taking it down leaves nothing. Not yet part of `make test` (see issue #11's note).
+# A real node (kubelet + containerd + runc) next to the kwok node: pods, TaskRuns, a Service and
+# the example's Tasks run on it, Sluice judges them, and taking it down leaves nothing behind.
 node-smoke:
 	e2e/node/smoke
 

@@ -25,6 +25,8 @@ use kube::{
     core::{ApiResource, GroupVersionKind},
 };
 use serde_json::{Value, json};
+pub mod real_node;
+
 use sluice::{
     api::{LABEL_RELEASE, ModelRelease, Phase, SecurePipeline},
     tekton::TaskRun,
@@ -120,8 +122,8 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
-    /// Creates `e2e-<prefix>-<n>` and applies the example Tasks and the pipeline.
-    pub async fn new(prefix: &str) -> Result<Self> {
+    /// Creates an empty namespace `e2e-<prefix>-<pid>-<n>`.
+    pub async fn empty(prefix: &str) -> Result<Self> {
         let client = client().await?;
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("e2e-{prefix}-{}-{n}", std::process::id());
@@ -129,7 +131,12 @@ impl TestNamespace {
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
             .await?;
-        let this = Self { name, client };
+        Ok(Self { name, client })
+    }
+
+    /// Creates `e2e-<prefix>-<n>` and applies the example Tasks and the scripted suite's pipeline.
+    pub async fn new(prefix: &str) -> Result<Self> {
+        let this = Self::empty(prefix).await?;
         this.kubectl(&[
             "apply",
             "-f",
