@@ -35,23 +35,17 @@ lint:
 	@test -z "$$(gofmt -l e2e/checks)" || { echo "gofmt: e2e/checks needs formatting" >&2; exit 1; }
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# The chart ships the same CRD files.
+# Generated files come from `cargo xtask` (xtask/): the CRDs (crds/ and the chart's copy) and the
+# OLM bundle (from the chart as rendered by the pinned helm, built with the e2e tools). The e2e
+# suite also fails when bundle/ differs from what `cargo xtask bundle` writes.
 crds:
-	$(CARGO) run --quiet -- crds --out-dir crds
-	rm -f charts/sluice/crds/*.yaml && cp crds/*.yaml charts/sluice/crds/
+	$(CARGO) xtask crds
 
 check-crds:
-	@tmp=$$(mktemp -d) && $(CARGO) run --quiet -- crds --out-dir $$tmp && \
-	  if diff -ru crds $$tmp && diff -ru crds charts/sluice/crds; then echo "crds/ and charts/sluice/crds/ are up to date"; \
-	  else echo "crds/ or charts/sluice/crds/ is stale: run make crds" >&2; exit 1; fi
+	$(CARGO) xtask crds --check
 
-# The OLM bundle, from the chart as rendered by the pinned helm (built with the e2e tools).
-# The e2e suite fails when bundle/ differs from what this writes.
-BUNDLE_EXAMPLES = --example examples/evip/pipeline.yaml --example examples/evip/release.yaml
 bundle:
-	helm="$$(e2e/tools/build.sh)/bin/helm" && \
-	  "$$helm" template sluice charts/sluice --namespace sluice-system --kube-version 1.36.0 | \
-	  $(CARGO) run --quiet -- olm-bundle --chart - $(BUNDLE_EXAMPLES) --out-dir bundle
+	$(CARGO) xtask bundle
 
 cluster-up:
 	e2e/cluster up

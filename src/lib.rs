@@ -3,13 +3,11 @@
 
 pub mod api;
 pub mod cli;
-pub mod crds;
 pub mod dag;
 pub mod gates;
 pub mod leader;
 pub mod metrics;
 pub mod names;
-pub mod olm;
 pub mod operator;
 pub mod reconcile;
 pub mod registry;
@@ -21,6 +19,9 @@ pub mod text;
 
 #[cfg(test)]
 mod fixtures;
+
+/// The operator's version (its image tag and the OLM bundle's version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Selects rustls' process-wide crypto provider. kube links ring and the registry client links
 /// aws-lc-rs, so rustls cannot choose on its own and would panic on the first TLS connection.

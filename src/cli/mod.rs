@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::{crds, leader::LeaseConfig, olm, operator, telemetry};
+use crate::{leader::LeaseConfig, operator, telemetry};
 
 mod approve_cli;
 mod signing_cli;
@@ -48,30 +48,6 @@ enum Command {
         #[arg(long)]
         digest: Option<String>,
     },
-    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD with --out-dir.
-    Crds {
-        /// Directory to write <crd-name>.yaml files into.
-        #[arg(long)]
-        out_dir: Option<PathBuf>,
-    },
-    /// Write the OLM bundle (ClusterServiceVersion, CRDs, metadata) from the rendered Helm chart.
-    OlmBundle(OlmBundleArgs),
-}
-
-#[derive(clap::Args, Debug)]
-struct OlmBundleArgs {
-    /// `helm template` output of charts/sluice ("-" reads standard input).
-    #[arg(long)]
-    chart: PathBuf,
-    /// The hand-kept part of the ClusterServiceVersion.
-    #[arg(long, default_value = "olm/csv.base.yaml")]
-    base: PathBuf,
-    /// Files whose SecurePipelines and ModelReleases become alm-examples (repeatable).
-    #[arg(long = "example", required = true)]
-    examples: Vec<PathBuf>,
-    /// The bundle directory; its manifests/ and metadata/ are replaced.
-    #[arg(long, default_value = "bundle")]
-    out_dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -138,8 +114,6 @@ pub fn main() -> ExitCode {
     crate::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
-        Command::Crds { out_dir } => print_crds(out_dir),
-        Command::OlmBundle(args) => report(olm_bundle(&args)),
         Command::Run(args) => run(args),
         Command::GenerateKeyPair {
             output_key_prefix,
@@ -188,45 +162,6 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn print_crds(out_dir: Option<PathBuf>) -> ExitCode {
-    let result = match out_dir {
-        Some(dir) => crds::write_all(&dir),
-        None => crds::all_yaml().map(|y| print!("{y}")).map_err(Into::into),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sluice crds: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn olm_bundle(args: &OlmBundleArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let read = |path: &PathBuf| -> anyhow::Result<String> {
-        if path.as_os_str() == "-" {
-            std::io::read_to_string(std::io::stdin()).context("reading standard input")
-        } else {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-        }
-    };
-    let chart = read(&args.chart)?;
-    let base = read(&args.base)?;
-    let examples = args
-        .examples
-        .iter()
-        .map(read)
-        .collect::<Result<Vec<_>, _>>()?;
-    let files = olm::files(&olm::Inputs {
-        chart: &chart,
-        base_csv: &base,
-        examples: examples.iter().map(String::as_str).collect(),
-        version: env!("CARGO_PKG_VERSION"),
-    })?;
-    olm::write(&args.out_dir, &files)
 }
 
 fn run(args: RunArgs) -> ExitCode {

@@ -2,7 +2,7 @@
 //! whose install strategy is the Helm chart's own Deployment and RBAC, the CRDs, and the bundle
 //! metadata. Generated, so the bundle can never drift from the chart.
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -51,24 +51,6 @@ pub fn files(inputs: &Inputs) -> anyhow::Result<BTreeMap<String, String>> {
     out.insert("metadata/annotations.yaml".into(), annotations_yaml());
     out.insert("bundle.Dockerfile".into(), dockerfile());
     Ok(out)
-}
-
-/// Replaces `dir` with the bundle's files.
-pub fn write(dir: &Path, files: &BTreeMap<String, String>) -> anyhow::Result<()> {
-    for sub in ["manifests", "metadata"] {
-        let path = dir.join(sub);
-        if path.exists() {
-            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
-    }
-    for (file, content) in files {
-        let path = dir.join(file);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
 }
 
 fn documents(stream: &str) -> anyhow::Result<Vec<Value>> {

@@ -1,12 +1,10 @@
 //! The CustomResourceDefinitions, rendered as YAML.
 
-use std::{fs, path::Path};
-
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::api::{ModelRelease, SecurePipeline};
+use sluice::api::{ModelRelease, SecurePipeline};
 
 /// Every CRD Sluice owns, in a stable order.
 pub fn all() -> [CustomResourceDefinition; 2] {
@@ -44,21 +42,4 @@ fn drop_unsigned_formats(value: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(drop_unsigned_formats),
         _ => {}
     }
-}
-
-/// Writes every CRD into `dir`, one file each.
-pub fn write_all(dir: &Path) -> anyhow::Result<()> {
-    fs::create_dir_all(dir)?;
-    for (file, yaml) in rendered()? {
-        fs::write(dir.join(file), yaml)?;
-    }
-    Ok(())
-}
-
-/// Every CRD as one multi-document YAML stream.
-pub fn all_yaml() -> Result<String, serde_yaml::Error> {
-    Ok(rendered()?
-        .into_iter()
-        .map(|(_, y)| format!("---\n{y}"))
-        .collect())
 }
