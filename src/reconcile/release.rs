@@ -632,7 +632,8 @@ mod tests {
             assert_eq!(ready["reason"], "GateBlocked");
             assert_eq!(
                 ready["message"],
-                "release blocked: stage dependency-audit: 1 critical above maxSeverity medium"
+                "release blocked: stage dependency-audit: 1 critical above maxSeverity medium \
+                 (PYSEC-2024-1 critical)"
             );
             let body = with_status(&patch.body);
             patch.ok(&body);
