@@ -106,3 +106,51 @@ async fn metrics_report_verdicts_taskruns_and_phases() -> anyhow::Result<()> {
     assert!(signing >= 1, "{text}");
     Ok(())
 }
+
+/// The addresses the cluster's and the real node's components may listen on: loopback and the
+/// node's bridge (pods reach the node's services there), never every interface.
+const ALLOWED_LISTEN: [&str; 3] = ["127.0.0.1:", "[::1]:", "10.244.0.1:"];
+
+#[test]
+fn every_component_listens_on_loopback_or_the_node_bridge_only() -> anyhow::Result<()> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir(state_dir().join("run"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "pid") {
+            let name = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            pids.push((std::fs::read_to_string(&path)?.trim().to_string(), name));
+        }
+    }
+    assert!(pids.iter().any(|(_, n)| n == "kube-apiserver"), "{pids:?}");
+    let out = Command::new("ss").args(["-ltnupH"]).output()?;
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut checked = 0;
+    for line in listing.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(local) = fields.get(4) else { continue };
+        for (pid, name) in &pids {
+            if line.contains(&format!("pid={pid},")) {
+                checked += 1;
+                assert!(
+                    ALLOWED_LISTEN.iter().any(|a| local.starts_with(a)),
+                    "{name} (pid {pid}) listens on {local}: {line}"
+                );
+            }
+        }
+    }
+    // etcd, the API server, the controller-manager, the scheduler, kwok, the registries at least.
+    assert!(
+        checked >= 7,
+        "only {checked} listeners of ours found in:\n{listing}"
+    );
+    Ok(())
+}
