@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use sluice::api::SecurePipeline;
 
-use crate::*;
+use crate::{client, repo_dir, state_dir, tool};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::*;
+use crate::{TestNamespace, tool};
 
 /// A digest that looks real; the gates only check its form and the repository.
 pub const FAKE_DIGEST: &str =

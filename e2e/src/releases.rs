@@ -20,7 +20,7 @@ use sluice::{
     tekton::TaskRun,
 };
 
-use crate::*;
+use crate::{FAKE_DIGEST, REPOSITORY, TestNamespace};
 
 impl TestNamespace {
     /// Creates the release target: Deployment `predictor` (container `server` running `image`,
