@@ -369,6 +369,24 @@ async fn invalid_pipelines_are_rejected_at_admission_with_readable_messages() ->
         ),
         (
             base(
+                json!([{"name": "a", "taskRef": t, "gate": {"quality": {}}}]),
+                json!({}),
+            ),
+            "a quality gate needs minCoverage or maxIssues",
+        ),
+        (
+            base(
+                json!([{"name": "a", "taskRef": t, "gate": {"quality": {"minCoverage": 101}}}]),
+                json!({}),
+            ),
+            "minCoverage in body should be less than or equal to 100",
+        ),
+        (
+            base(json!([{"name": "a", "taskRef": t, "gate": {}}]), json!({})),
+            "a gate needs tests, findings or quality",
+        ),
+        (
+            base(
                 json!([{"name": "a", "taskRef": t, "runAfter": ["nope"]}]),
                 json!({}),
             ),
@@ -481,6 +499,64 @@ async fn release_identity_fields_are_immutable() -> anyhow::Result<()> {
         err.to_string()
             .contains("pipelineRef, revision and target are immutable"),
         "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_release_is_blocked_by_coverage_under_the_quality_gate_s_minimum() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("quality").await?;
+    ns.patch_pipeline(
+        r#"{"spec":{"stages":[
+            {"name":"code-quality","taskRef":{"name":"pytest"},"gate":{"quality":{"minCoverage":80,"maxIssues":{"error":0}}}},
+            {"name":"build","runAfter":["code-quality"],"taskRef":{"name":"buildah"},"produces":"image"}]}}"#,
+    )?;
+    let quality = |coverage: f64| {
+        Sim::results(&[(
+            "QUALITY",
+            &format!(
+                r#"{{"coverage": {coverage}, "issues": {{"error": 0, "warning": 2, "info": 5}}}}"#
+            ),
+        )])
+    };
+    ns.release("low", &[("code-quality", quality(61.5))])
+        .await?;
+    ns.release(
+        "high",
+        &[
+            ("code-quality", quality(92.0)),
+            ("build", Sim::built(FAKE_DIGEST)),
+        ],
+    )
+    .await?;
+    let r = ns
+        .wait_phase("low", &[Phase::Blocked, Phase::Signing], TIMEOUT)
+        .await?;
+    assert_eq!(r.status.as_ref().map(|s| s.phase), Some(Phase::Blocked));
+    let q = stage(&r, "code-quality");
+    assert_eq!(q.gate, Some(Verdict::Blocked), "{q:?}");
+    assert_eq!(q.quality.as_ref().map(|q| q.coverage), Some(61.5));
+    assert!(
+        ready_message(&r).contains("coverage 61.5% is below the 80% required (minCoverage)"),
+        "{}",
+        ready_message(&r)
+    );
+    assert_eq!(stage(&r, "build").gate, Some(Verdict::Skipped));
+    let r = ns
+        .wait_phase("high", &[Phase::Blocked, Phase::Signing], TIMEOUT)
+        .await?;
+    assert_eq!(
+        r.status.as_ref().map(|s| s.phase),
+        Some(Phase::Signing),
+        "{:?}",
+        r.status
+    );
+    assert_eq!(
+        stage(&r, "code-quality")
+            .quality
+            .as_ref()
+            .map(|q| q.issues.info),
+        Some(5)
     );
     Ok(())
 }
