@@ -22,6 +22,14 @@ use sluice_e2e::{
 /// A whole release on the real node: four parallel stages, a build, a rollout and a DAST scan.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The phases a release ends in, whichever way it ends.
+const ENDED: [Phase; 4] = [
+    Phase::Released,
+    Phase::Blocked,
+    Phase::Failed,
+    Phase::RolledBack,
+];
+
 fn stage<'a>(r: &'a ModelRelease, name: &str) -> &'a sluice::api::release::StageStatus {
     r.status
         .as_ref()
@@ -64,16 +72,7 @@ async fn the_example_is_released_for_real_and_an_image_without_its_model_is_roll
     let (ns, revisions) = TestNamespace::on_real_node("real").await?;
     release(&ns, "predictor-42", revision(&revisions, "CLEAN")).await?;
     let r = ns
-        .wait_phase(
-            "predictor-42",
-            &[
-                Phase::Released,
-                Phase::Blocked,
-                Phase::Failed,
-                Phase::RolledBack,
-            ],
-            RELEASE_TIMEOUT,
-        )
+        .wait_phase("predictor-42", &ENDED, RELEASE_TIMEOUT)
         .await?;
     let status = r.status.clone().expect("status");
     assert_eq!(status.phase, Phase::Released, "{status:?}");
@@ -166,16 +165,7 @@ async fn the_example_is_released_for_real_and_an_image_without_its_model_is_roll
     // Sluice rolls the Deployment back to exactly what predictor-42 released.
     release(&ns, "predictor-45", revision(&revisions, "NO_MODEL")).await?;
     let r = ns
-        .wait_phase(
-            "predictor-45",
-            &[
-                Phase::Released,
-                Phase::Blocked,
-                Phase::Failed,
-                Phase::RolledBack,
-            ],
-            RELEASE_TIMEOUT,
-        )
+        .wait_phase("predictor-45", &ENDED, RELEASE_TIMEOUT)
         .await?;
     let status = r.status.clone().expect("status");
     assert_eq!(status.phase, Phase::RolledBack, "{status:?}");
@@ -230,14 +220,8 @@ async fn a_change_to_the_app_is_blocked_by_the_stage_that_really_found_it() -> a
     ] {
         release(&ns, name, rev).await?;
     }
-    let ended = [
-        Phase::Released,
-        Phase::Blocked,
-        Phase::Failed,
-        Phase::RolledBack,
-    ];
     let r = ns
-        .wait_phase("failing-test", &ended, RELEASE_TIMEOUT)
+        .wait_phase("failing-test", &ENDED, RELEASE_TIMEOUT)
         .await?;
     assert_eq!(r.status.as_ref().map(|s| s.phase), Some(Phase::Blocked));
     let unit = stage(&r, "unit-tests");
@@ -247,7 +231,7 @@ async fn a_change_to_the_app_is_blocked_by_the_stage_that_really_found_it() -> a
         "pytest's count: {unit:?}"
     );
 
-    let r = ns.wait_phase("shell", &ended, RELEASE_TIMEOUT).await?;
+    let r = ns.wait_phase("shell", &ENDED, RELEASE_TIMEOUT).await?;
     assert_eq!(r.status.as_ref().map(|s| s.phase), Some(Phase::Blocked));
     let sast = stage(&r, "sast");
     assert_eq!(sast.gate, Some(Verdict::Blocked), "{sast:?}");
@@ -258,7 +242,7 @@ async fn a_change_to_the_app_is_blocked_by_the_stage_that_really_found_it() -> a
         "{sast:?}"
     );
 
-    let r = ns.wait_phase("old-pin", &ended, RELEASE_TIMEOUT).await?;
+    let r = ns.wait_phase("old-pin", &ENDED, RELEASE_TIMEOUT).await?;
     assert_eq!(r.status.as_ref().map(|s| s.phase), Some(Phase::Blocked));
     let audit = stage(&r, "dependency-audit");
     assert_eq!(audit.gate, Some(Verdict::Blocked), "{audit:?}");

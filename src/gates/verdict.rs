@@ -53,6 +53,14 @@ pub struct GateVerdict {
 }
 
 impl GateVerdict {
+    /// This verdict, with the counts read so far, turned into a block for `category`.
+    fn block(mut self, category: &'static str, reason: String) -> Self {
+        self.verdict = Verdict::Blocked;
+        self.category = category;
+        self.reason = reason;
+        self
+    }
+
     fn blocked(category: &'static str, reason: String) -> Self {
         Self {
             verdict: Verdict::Blocked,
@@ -138,10 +146,7 @@ fn judge_results(
         let output = results::test_output(results)?;
         verdict.tests = Some(output.counts());
         if let Some(why) = tests_violation(tests_gate, &output) {
-            verdict.verdict = Verdict::Blocked;
-            verdict.category = "TestsFailed";
-            verdict.reason = format!("stage {name}: {why}");
-            return Ok(verdict);
+            return Ok(verdict.block("TestsFailed", format!("stage {name}: {why}")));
         }
         passed_parts.push(format!(
             "{} tests passed, {} failed",
@@ -154,11 +159,8 @@ fn judge_results(
         verdict.findings = Some(counts.clone());
         verdict.exceptions_applied = applied;
         if let Some(why) = findings_violation(findings_gate, &counts) {
-            verdict.verdict = Verdict::Blocked;
-            verdict.category = "FindingsOverLimit";
             let ids = blocking_ids(findings_gate, &counts, &found, &verdict.exceptions_applied);
-            verdict.reason = format!("stage {name}: {why}{ids}");
-            return Ok(verdict);
+            return Ok(verdict.block("FindingsOverLimit", format!("stage {name}: {why}{ids}")));
         }
         passed_parts.push(format!("findings {} within the gate", describe(&counts)));
     }
@@ -166,10 +168,7 @@ fn judge_results(
         let report = results::quality(results)?;
         verdict.quality = Some(report.clone());
         if let Some(why) = quality_violation(quality_gate, &report) {
-            verdict.verdict = Verdict::Blocked;
-            verdict.category = "QualityBelowGate";
-            verdict.reason = format!("stage {name}: {why}");
-            return Ok(verdict);
+            return Ok(verdict.block("QualityBelowGate", format!("stage {name}: {why}")));
         }
         passed_parts.push(format!(
             "coverage {:.1}%, issues {} within the gate",
