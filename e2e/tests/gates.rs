@@ -503,6 +503,8 @@ async fn release_identity_fields_are_immutable() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The QUALITY results here are scripted by sim annotations (kwok): this proves the gate, not
+/// coverage.py; the real-node group and the demo read a real one.
 #[tokio::test]
 async fn a_release_is_blocked_by_coverage_under_the_quality_gate_s_minimum() -> anyhow::Result<()> {
     let ns = TestNamespace::new("quality").await?;
