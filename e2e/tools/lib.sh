@@ -3,6 +3,12 @@
 
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
+# Go's build cache for these builds grows to ~8 GB and is useless once the binaries are cached:
+# it lives under the tools root while the script runs and is removed when it exits (a cold CI
+# run ran out of disk with it in ~/.cache/go-build).
+export GOCACHE="$root/go-build"
+trap 'rm -rf "$GOCACHE" 2>/dev/null || { chmod -R u+w "$GOCACHE"; rm -rf "$GOCACHE"; }' EXIT
+
 log() { printf '[tools] %s\n' "$*" >&2; }
 
 # build NAME CMD...: runs CMD unless bin/NAME exists; the log keeps the compiler's output.
