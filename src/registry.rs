@@ -71,7 +71,8 @@ impl RegistryError {
     }
 }
 
-/// A registry client with its credentials.
+/// A registry client with its credentials; clones share connections and tokens.
+#[derive(Clone)]
 pub struct Registry {
     client: Client,
     auth: RegistryAuth,

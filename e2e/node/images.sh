@@ -11,6 +11,9 @@
 #                  pulled here), so the Containerfile's own `pip install` finds them satisfied
 #   DAST_IMAGE     sluice-node/wapiti: the base plus wapiti3, a real DAST scanner from PyPI
 #   BUILDAH_IMAGE  sluice-node/buildah: the base plus Debian's buildah
+#   RUST_IMAGE     sluice-node/rust: the base plus gcc and this repository's pinned Rust toolchain
+#                  (copied from rustup's, as the `rust` images on Docker Hub cannot be pulled here):
+#                  the operator Containerfile's build stage (e2e/node/operator-image.sh)
 # Every layer is made in a chroot over an overlay of the base; the root filesystems are cached as
 # tarballs beside the node's tools, keyed by what goes in.
 set -euo pipefail
@@ -119,6 +122,20 @@ if [[ ! -f "$cache/$buildah_name.tar" ]]; then
     "echo 'deb $MIRROR bookworm main' >/etc/apt/sources.list && apt-get update -q && apt-get install -y -q --no-install-recommends buildah"
 fi
 
+# The pinned toolchain's sysroot (rust-toolchain.toml picks it in the repository), without its
+# documentation: rustc finds its standard library relative to its own binary.
+sysroot="$(cd "$repo" && rustc --print sysroot)"
+rust_version="$(cd "$repo" && rustc -V | cut -d' ' -f2)"
+rust_name="rust-$(echo "gcc libc6-dev $rust_version $MIRROR $base_key" | sha256sum | cut -c1-12)"
+if [[ ! -f "$cache/$rust_name.tar" ]]; then
+  log "$rust_name: apt-get install gcc libc6-dev, Rust $rust_version from $sysroot"
+  layer "$cache/$rust_name-gcc.tar" "$cache/$rust_name.log" sh -c \
+    "echo 'deb $MIRROR bookworm main' >/etc/apt/sources.list && apt-get update -q && apt-get install -y -q --no-install-recommends gcc libc6-dev"
+  tar -C "$sysroot" --numeric-owner --transform 's,^,usr/local/rust/,' -cf "$cache/$rust_name-toolchain.tar" \
+    bin/rustc bin/cargo lib libexec
+  mv "$cache/$rust_name-gcc.tar" "$cache/$rust_name.tar"
+fi
+
 # Debian's Python refuses `pip install` outside a venv (PEP 668) and the example's scripts call
 # pip; pods have no index to reach, so pip is told not to try one.
 IMAGE_ENV=(PATH=/usr/local/bin:/usr/bin:/bin PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_INDEX=1)
@@ -146,3 +163,11 @@ echo "TOOLS_IMAGE=$(push "$tools_name")"
 echo "RUNTIME_IMAGE=$(push "$runtime_name")"
 echo "DAST_IMAGE=$(push "$dast_name")"
 echo "BUILDAH_IMAGE=$(push "$buildah_name")"
+rust_ref="$registry/sluice-node/rust:$rust_version-${rust_name##*-}-$env_key"
+if ! "$crane" manifest "$rust_ref" >/dev/null 2>&1; then
+  "$crane" append -b "$base_ref" -f "$cache/$rust_name.tar" -f "$cache/$rust_name-toolchain.tar" \
+    -t "$rust_ref-layers" >/dev/null 2>&1
+  "$crane" mutate "$rust_ref-layers" --env PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/bin:/usr/bin:/bin \
+    --env CARGO_HOME=/usr/local/cargo -t "$rust_ref" >/dev/null 2>&1
+fi
+echo "RUST_IMAGE=$rust_ref"

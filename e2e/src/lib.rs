@@ -1,6 +1,7 @@
 //! Harness of the end-to-end tests: each test gets its own namespace on the cluster that
 //! `e2e/run-tests` started, with the example Tasks and a SecurePipeline applied, and deletes it at the end.
 
+pub mod chart;
 mod cluster;
 mod namespace;
 pub mod real_node;

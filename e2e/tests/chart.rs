@@ -5,38 +5,16 @@
 
 use std::{ops::ControlFlow, process::Command, time::Duration};
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Namespace};
-use kube::api::{Api, PostParams};
-use serde_json::json;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
 use sluice::api::Phase;
 use sluice_e2e::{
-    POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually, operator, repo_dir, run_program,
-    state_dir, tool,
+    POLL, REPOSITORY, Sim, TestNamespace,
+    chart::{AdminOperatorAway, ChartNamespace, render_chart as render, run_tool as run},
+    clean_sims, eventually, repo_dir, state_dir, tool,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-    run_program(&tool(program)?, args, stdin)
-}
-
-/// `helm template` of the chart into `namespace`, with extra `helm` arguments (`--set ...`).
-fn render(namespace: &str, include_crds: bool, extra: &[&str]) -> anyhow::Result<String> {
-    let mut args = vec![
-        "template",
-        "sluice",
-        "charts/sluice",
-        "--namespace",
-        namespace,
-        "--kube-version",
-        "1.36.0",
-    ];
-    if include_crds {
-        args.push("--include-crds");
-    }
-    args.extend_from_slice(extra);
-    run("helm", &args, None)
-}
 
 /// Server-side dry-run of `manifests` on the e2e API server.
 fn dry_run(manifests: &str) -> anyhow::Result<()> {
@@ -48,61 +26,12 @@ fn dry_run(manifests: &str) -> anyhow::Result<()> {
     .map(drop)
 }
 
-/// A namespace for the chart, labelled to enforce the restricted Pod Security Standard.
-struct ChartNamespace {
-    name: String,
-}
-
-impl ChartNamespace {
-    async fn new() -> anyhow::Result<Self> {
-        let client = sluice_e2e::client().await?;
-        let name = format!("e2e-chart-{}", std::process::id());
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted",
-            "pod-security.kubernetes.io/enforce-version": "latest"}}}))?;
-        Api::<Namespace>::all(client)
-            .create(&PostParams::default(), &ns)
-            .await?;
-        Ok(Self { name })
-    }
-}
-
-impl Drop for ChartNamespace {
-    // kubectl, not the async client: the test's runtime is blocked while this runs, and a kube
-    // Client created on it would wait forever for that runtime's tasks.
-    fn drop(&mut self) {
-        // The chart's cluster-scoped objects (ClusterRoles and their binding) go too.
-        if let Ok(rendered) = render(&self.name, false, &[]) {
-            let _ = run(
-                "kubectl",
-                &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
-                Some(&rendered),
-            );
-        }
-        let _ = run(
-            "kubectl",
-            &["delete", "namespace", &self.name, "--wait=false"],
-            None,
-        );
-    }
-}
-
-/// Puts the shared admin operator back when the test ends, however it ends.
-struct AdminOperatorBack;
-
-impl Drop for AdminOperatorBack {
-    fn drop(&mut self) {
-        let _ = operator("stop");
-        let _ = operator("start");
-    }
-}
-
 #[tokio::test]
 async fn the_chart_installs_under_restricted_and_its_rbac_suffices_for_a_release()
 -> anyhow::Result<()> {
     let lint = run("helm", &["lint", "--strict", "charts/sluice"], None)?;
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
-    let chart = ChartNamespace::new().await?;
+    let chart = ChartNamespace::new("chart").await?;
     let ns = chart.name.as_str();
 
     // Everything the chart renders, CRDs included, passes the API server's own validation; with
@@ -245,8 +174,7 @@ async fn release_as_the_chart_service_account(chart_ns: &str) -> anyhow::Result<
             token.trim()
         ),
     )?;
-    operator("stop")?;
-    let _back = AdminOperatorBack;
+    let _away = AdminOperatorAway::stop()?;
     let status = Command::new(repo_dir().join("e2e/operator"))
         .env("SLUICE_OPERATOR_KUBECONFIG", &kubeconfig)
         .env("POD_NAMESPACE", chart_ns)

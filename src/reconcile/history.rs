@@ -4,10 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kube::{
-    Api, ResourceExt,
-    api::{DeleteParams, ListParams},
-};
+use kube::{Api, ResourceExt, api::DeleteParams};
 
 use super::{Ctx, Error, api, rescan};
 use crate::{
@@ -79,11 +76,9 @@ pub async fn prune(
 ) -> Result<(), Error> {
     let ns = pipeline.namespace().unwrap_or_default();
     let api_: Api<TaskRun> = Api::namespaced(ctx.client.clone(), &ns);
-    let runs = api_
-        .list(&ListParams::default().labels(&format!("{LABEL_PIPELINE}={}", pipeline.name_any())))
-        .await
-        .map_err(api("list-pipeline-taskruns"))?
-        .items;
+    let runs = ctx
+        .task_runs(&ns, LABEL_PIPELINE, &pipeline.name_any())
+        .await?;
     let expired = expired(pipeline, releases);
     let mut doomed: Vec<String> = runs
         .iter()

@@ -1,6 +1,7 @@
 //! The two controllers: one pipeline of steps per custom resource (dereference, plan, apply,
 //! update status), sharing one `Context`.
 
+pub mod caches;
 pub mod history;
 pub mod pipeline;
 pub mod release;
@@ -8,7 +9,9 @@ pub mod release_plan;
 pub mod release_rollout;
 pub mod release_signing;
 pub mod rescan;
+pub mod signing_pool;
 pub mod status_write;
+pub mod wakeups;
 
 use std::{sync::Arc, time::Duration};
 
@@ -39,6 +42,10 @@ pub struct Context {
     pub insecure_registries: Vec<String>,
     /// Consecutive failed reconciles per object, for the backoff.
     pub failures: FailureCounts,
+    /// The shared watch caches; `None` reads the API server (unit tests).
+    pub caches: Option<caches::Caches>,
+    /// Decrypted signers, registry clients and signing slots.
+    pub signing: signing_pool::SigningPool,
 }
 
 impl Context {
@@ -55,6 +62,8 @@ impl Context {
             now: Timestamp::now,
             insecure_registries: Vec::new(),
             failures: FailureCounts::default(),
+            caches: None,
+            signing: signing_pool::SigningPool::default(),
         }
     }
 
@@ -272,6 +281,9 @@ where
     K: Resource<DynamicType = ()>,
 {
     use futures::FutureExt;
+    if let Some(caches) = &ctx.caches {
+        caches.ready().await;
+    }
     let labels = ControllerLabels { controller };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();

@@ -4,12 +4,12 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
-use kube::{Api, ResourceExt, api::ListParams, runtime::controller::Action};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use super::{Ctx, Error, Notice, api, history, release_plan, rescan, status_write::StatusWriter};
 use crate::{
     api::{
-        ModelRelease, SecurePipeline, SecurePipelineStatus,
+        SecurePipeline, SecurePipelineStatus,
         conditions::{self, Health, reason},
     },
     tekton::Task,
@@ -45,11 +45,7 @@ async fn reconcile_inner(pipeline: &SecurePipeline, ctx: &Ctx) -> Result<Action,
     let refs = dereference(pipeline, ctx, &ns).await?;
     let old = pipeline.status.clone().unwrap_or_default();
     let mut status = build_status(pipeline, &refs, Time((ctx.now)()));
-    let releases = Api::<ModelRelease>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(api("list-releases"))?
-        .items;
+    let releases = ctx.releases(&ns).await?;
     rescan::run(ctx, pipeline, &releases, &mut status).await?;
     history::prune(ctx, pipeline, &releases).await?;
     conditions::keep_transition_times(&mut status.conditions, &old.conditions);
@@ -106,13 +102,10 @@ async fn dereference(pipeline: &SecurePipeline, ctx: &Ctx, ns: &str) -> Result<R
             .map_err(api("get-secret"))?
             .is_none();
     }
-    let releases: Api<ModelRelease> = Api::namespaced(ctx.client.clone(), ns);
     let name = pipeline.name_any();
-    refs.last_release = releases
-        .list(&ListParams::default())
-        .await
-        .map_err(api("list-releases"))?
-        .items
+    refs.last_release = ctx
+        .releases(ns)
+        .await?
         .into_iter()
         .filter(|r| r.spec.pipeline_ref.name == name)
         .max_by(|a, b| {

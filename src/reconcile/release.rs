@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
     runtime::controller::Action,
 };
 use serde_json::json;
@@ -15,7 +15,7 @@ use super::{
     status_write::{StatusWriter, read_fresh},
 };
 use crate::{
-    api::{FIELD_MANAGER, LABEL_RELEASE, ModelRelease, SecurePipeline},
+    api::{FIELD_MANAGER, ModelRelease, SecurePipeline},
     api::{Phase, conditions},
     metrics::{CategoryLabels, VerdictLabels},
     tekton::TaskRun,
@@ -52,20 +52,12 @@ async fn reconcile_fresh(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
 async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Error> {
     let ns = release.namespace().ok_or(Error::NoNamespace)?;
     let name = release.name_any();
-    let pipelines: Api<SecurePipeline> = Api::namespaced(ctx.client.clone(), &ns);
     let task_runs: Api<TaskRun> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let live = pipelines
-        .get_opt(&release.spec.pipeline_ref.name)
-        .await
-        .map_err(api("get-pipeline"))?;
+    let live = ctx.pipeline(&ns, &release.spec.pipeline_ref.name).await?;
     let pipeline = release_plan::effective_pipeline(release, live.as_ref());
     let writer = StatusWriter::new(ctx.client.clone(), release);
-    let owned = task_runs
-        .list(&ListParams::default().labels(&format!("{LABEL_RELEASE}={name}")))
-        .await
-        .map_err(api("list-taskruns"))?;
-    let mut seen = owned.items;
+    let mut seen = ctx.release_task_runs(&ns, &name).await?;
     let mut plan = release_plan::plan(release, pipeline.as_ref(), &seen, (ctx.now)());
     // A TaskRun without Sluice's labels may hold a stage's name: judge it (the planner finds it
     // untrusted) rather than creating over it, which would fail with 409 forever.

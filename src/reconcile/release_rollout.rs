@@ -282,11 +282,20 @@ impl<'a> Rollout<'a> {
     }
 
     async fn my_turn(&mut self, dep: &Deployment) -> Result<bool, Error> {
-        // A fresh list, read after the Deployment: a holder stores its final phase before it
-        // gives the claim back, so a claim seen free here comes with that phase visible.
-        let all = self.fresh_releases().await?;
+        // Decided on the cache first: a Wait seen there at worst waits for the holder's final
+        // phase to arrive (its arrival wakes this release), and a Superseded is true (a release
+        // seen Released was released). A Go is confirmed on a fresh list, read after the
+        // Deployment: a holder stores its final phase before it gives the claim back, so a claim
+        // seen free comes with that phase visible there, and a lagging cache could hide a newer
+        // release that was just released. A claim already held needs no confirmation.
+        let cached = self.ctx.releases(&self.namespace()).await?;
+        let mut turn = rollout::turn(self.release, dep, &cached);
+        if turn == Turn::Go && self.ctx.caches.is_some() && !rollout::holds_claim(dep, self.release)
+        {
+            turn = rollout::turn(self.release, dep, &self.fresh_releases().await?.items);
+        }
         let target = self.target().to_string();
-        match rollout::turn(self.release, dep, &all.items) {
+        match turn {
             Turn::Go => Ok(true),
             Turn::Wait(other) => {
                 let phase = self.status.phase;

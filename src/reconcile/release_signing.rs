@@ -53,10 +53,13 @@ pub async fn sign(
 ) -> Result<SignatureRef, SigningFailure> {
     let ns = release.namespace().unwrap_or_default();
     let (secret_name, secret) = signing_secret(ctx, pipeline, &ns).await?;
-    let signer = signer_from_secret(&secret)
+    let signer = ctx
+        .signing
+        .signer(&secret, signer_from_secret)
+        .await
         .map_err(|e| failure(e.category(), format!("signing Secret {secret_name}: {e}")))?;
     let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
-    let registry = Registry::new(ctx.insecure_registries.clone(), auth);
+    let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
     let annotations = annotations(release, pipeline);
     let statement = Statement::new(
         &image.repository,
@@ -64,8 +67,10 @@ pub async fn sign(
         GATES_PREDICATE_TYPE,
         gates_predicate(release, pipeline, stages),
     );
+    let slot = ctx.signing.slot().await;
     let started = std::time::Instant::now();
     let result = sign_and_attest(&registry, &signer, image, &annotations, &statement).await;
+    drop(slot);
     ctx.metrics
         .signing_duration
         .observe(started.elapsed().as_secs_f64());
@@ -190,13 +195,16 @@ pub async fn verify(
     let (secret_name, secret) = signing_secret(ctx, pipeline, &ns).await?;
     let public = match secret.data.as_ref().and_then(|d| d.get("cosign.pub")) {
         Some(p) => String::from_utf8_lossy(&p.0).into_owned(),
-        None => signer_from_secret(&secret)
+        None => ctx
+            .signing
+            .signer(&secret, signer_from_secret)
+            .await
             .map_err(|e| failure(e.category(), format!("signing Secret {secret_name}: {e}")))?
             .public_key_pem()
             .to_string(),
     };
     let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
-    let registry = Registry::new(ctx.insecure_registries.clone(), auth);
+    let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
     signing::verify_image(&registry, &public, &image.repository, &image.digest)
         .await
         .map(|_| ())
@@ -257,7 +265,7 @@ pub async fn pin(
     let auth = registry_auth(ctx, pipeline, &ns, image)
         .await
         .unwrap_or(RegistryAuth::Anonymous);
-    let registry = Registry::new(ctx.insecure_registries.clone(), auth);
+    let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
     // Bounded: an unreachable registry must not hold the rollout; the tag is recorded instead.
     let resolved = tokio::time::timeout(PIN_TIMEOUT, registry.resolve_digest(image)).await;
     match resolved {

@@ -6,10 +6,7 @@ use std::collections::BTreeMap;
 
 use jiff::{Timestamp, tz::TimeZone};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{
-    Api, ResourceExt,
-    api::{ListParams, PostParams},
-};
+use kube::{Api, ResourceExt, api::PostParams};
 
 use super::{Ctx, Error, api, release_plan};
 use crate::rollout::release_key;
@@ -385,14 +382,11 @@ pub fn fold(
     })
 }
 
-/// The TaskRuns of `release`'s scheduled rescans (read fresh by the release controller).
+/// The TaskRuns of `release`'s scheduled rescans.
 pub async fn task_runs_of(ctx: &Ctx, release: &ModelRelease) -> Result<Vec<TaskRun>, Error> {
-    let lp = ListParams::default().labels(&format!("{LABEL_RESCAN_OF}={}", release.name_any()));
-    Api::<TaskRun>::namespaced(ctx.client.clone(), &release.namespace().unwrap_or_default())
-        .list(&lp)
+    let ns = release.namespace().unwrap_or_default();
+    ctx.task_runs(&ns, LABEL_RESCAN_OF, &release.name_any())
         .await
-        .map_err(api("list-rescan-taskruns"))
-        .map(|l| l.items)
 }
 
 /// The verdicts of the newest scheduled rescan of `release` whose TaskRuns all finished.

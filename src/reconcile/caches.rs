@@ -1,0 +1,123 @@
+//! The watch caches both controllers read instead of the API server: one shared watch per kind
+//! (ModelReleases, SecurePipelines, Sluice's TaskRuns, Deployments), fed to the controllers as
+//! triggers and read by the reconcilers. Without caches (unit tests against a mocked API) every
+//! read goes to the API server, so the same code runs either way.
+//!
+//! What is still read fresh, and why, is said where it happens: the turn decision confirms a
+//! "go" on a fresh list (a cache that lags could hide a newer release that was just released),
+//! status writes carry the resourceVersion they were computed from, and a stale write re-reads.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{
+    Api, ResourceExt,
+    api::ListParams,
+    runtime::reflector::{ObjectRef, Store},
+};
+
+use super::{Context, Error, api};
+use crate::{
+    api::{LABEL_RELEASE, ModelRelease, SecurePipeline},
+    tekton::TaskRun,
+};
+
+/// Readers of the shared watch caches.
+#[derive(Clone)]
+pub struct Caches {
+    /// Every ModelRelease.
+    pub releases: Store<ModelRelease>,
+    /// Every SecurePipeline.
+    pub pipelines: Store<SecurePipeline>,
+    /// TaskRuns labelled `sluice.dev/pipeline` (the stages and rescans Sluice created).
+    pub task_runs: Store<TaskRun>,
+    /// Every Deployment.
+    pub deployments: Store<Deployment>,
+}
+
+impl Caches {
+    /// Waits until every cache has its first full list: a reconcile that read a cache still
+    /// empty after a restart would see none of its TaskRuns.
+    pub async fn ready(&self) {
+        // A dropped writer means the operator is shutting down; the reconcile then finds
+        // whatever the cache holds and its writes still carry preconditions.
+        let _ = self.releases.wait_until_ready().await;
+        let _ = self.pipelines.wait_until_ready().await;
+        let _ = self.task_runs.wait_until_ready().await;
+        let _ = self.deployments.wait_until_ready().await;
+    }
+}
+
+fn in_namespace<K: ResourceExt>(obj: &K, ns: &str) -> bool {
+    obj.namespace().as_deref() == Some(ns)
+}
+
+impl Context {
+    /// The SecurePipeline `name` of namespace `ns`.
+    pub async fn pipeline(&self, ns: &str, name: &str) -> Result<Option<SecurePipeline>, Error> {
+        match &self.caches {
+            Some(c) => Ok(c
+                .pipelines
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|p| (*p).clone())),
+            None => Api::<SecurePipeline>::namespaced(self.client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(api("get-pipeline")),
+        }
+    }
+
+    /// The ModelReleases of namespace `ns`.
+    pub async fn releases(&self, ns: &str) -> Result<Vec<ModelRelease>, Error> {
+        match &self.caches {
+            Some(c) => Ok(c
+                .releases
+                .state()
+                .into_iter()
+                .filter(|r| in_namespace(&**r, ns))
+                .map(|r| (*r).clone())
+                .collect()),
+            None => Api::<ModelRelease>::namespaced(self.client.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .map_err(api("list-releases")),
+        }
+    }
+
+    /// The TaskRuns of namespace `ns` whose label `key` has `value`.
+    pub async fn task_runs(&self, ns: &str, key: &str, value: &str) -> Result<Vec<TaskRun>, Error> {
+        match &self.caches {
+            Some(c) => Ok(c
+                .task_runs
+                .state()
+                .into_iter()
+                .filter(|t| in_namespace(&**t, ns))
+                .filter(|t| t.labels().get(key).map(String::as_str) == Some(value))
+                .map(|t| (*t).clone())
+                .collect()),
+            None => Api::<TaskRun>::namespaced(self.client.clone(), ns)
+                .list(&ListParams::default().labels(&format!("{key}={value}")))
+                .await
+                .map(|l| l.items)
+                .map_err(api("list-taskruns")),
+        }
+    }
+
+    /// The stage TaskRuns of release `name` in `ns`.
+    pub async fn release_task_runs(&self, ns: &str, name: &str) -> Result<Vec<TaskRun>, Error> {
+        self.task_runs(ns, LABEL_RELEASE, name).await
+    }
+
+    /// The Deployment `name` of `ns`.
+    pub async fn deployment(&self, ns: &str, name: &str) -> Result<Option<Deployment>, Error> {
+        match &self.caches {
+            Some(c) => Ok(c
+                .deployments
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|d| (*d).clone())),
+            None => Api::<Deployment>::namespaced(self.client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(api("get-deployment")),
+        }
+    }
+}
