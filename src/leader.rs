@@ -90,22 +90,36 @@ impl Leadership {
         self.config.duration / 5
     }
 
-    /// Renews the Lease until a renewal fails for longer than its duration; returns when leadership is lost.
+    /// Renews the Lease; returns when leadership is lost: another replica took it, or no renewal
+    /// succeeded within the renew deadline (two thirds of the lease duration, so this replica
+    /// stops before another may take the Lease). Each attempt has its own timeout and a failed
+    /// one is retried soon, so a slow API server costs attempts, not the Lease.
     pub async fn keep(&self) {
         let mut last_ok = tokio::time::Instant::now();
+        let deadline = self.config.duration * 2 / 3;
+        let mut pause = self.config.duration / 3;
         loop {
-            tokio::time::sleep(self.config.duration / 3).await;
-            match self.try_hold().await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => {
+            tokio::time::sleep(pause).await;
+            let attempt = tokio::time::timeout(self.retry_period(), self.try_hold()).await;
+            match attempt {
+                Ok(Ok(true)) => {
+                    last_ok = tokio::time::Instant::now();
+                    pause = self.config.duration / 3;
+                }
+                Ok(Ok(false)) => {
                     warn!("another replica took the lease");
                     return;
                 }
-                Err(e) => {
-                    warn!(error = %e, "renewing the lease failed");
-                    if last_ok.elapsed() > self.config.duration {
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {:?}", self.retry_period()),
+                    };
+                    warn!(error = %why, "renewing the lease failed; retrying");
+                    if last_ok.elapsed() >= deadline {
                         return;
                     }
+                    pause = self.retry_period() / 2;
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Prometheus metrics. Every label has a bounded set of values: controller names, phases, stage
 //! names of the pipelines (at most 32 each), verdicts and error categories.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use kube::runtime::reflector::Store;
 use prometheus_client::{
@@ -84,6 +84,8 @@ pub struct Metrics {
     pub task_runs_created: Counter,
     /// Running TaskRuns cancelled because their release ended.
     pub task_runs_cancelled: Counter,
+    /// Terms as leader that ended because the Lease could not be kept.
+    pub leadership_lost: Counter,
     /// Duration of signing (registry check, signing, push).
     pub signing_duration: Histogram,
     /// Signing failures by category.
@@ -93,7 +95,7 @@ pub struct Metrics {
     /// Rescans whose gates now block, by stage.
     pub rescan_findings: Family<StageLabels, Counter>,
     releases: Family<PhaseLabels, Gauge>,
-    release_store: OnceLock<Store<ModelRelease>>,
+    release_store: std::sync::RwLock<Option<Store<ModelRelease>>>,
 }
 
 impl Default for Metrics {
@@ -110,6 +112,12 @@ impl Default for Metrics {
         let task_runs_created = Counter::default();
         let task_runs_cancelled = Counter::default();
         let releases = Family::<PhaseLabels, Gauge>::default();
+        let leadership_lost = Counter::default();
+        registry.register(
+            "leadership_lost",
+            "Terms as leader that ended because the Lease could not be renewed in time or was taken",
+            leadership_lost.clone(),
+        );
         let signing_duration = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let signing_failures = Family::<CategoryLabels, Counter>::default();
         registry.register(
@@ -170,20 +178,30 @@ impl Default for Metrics {
             rollouts,
             rescan_findings,
             releases,
-            release_store: OnceLock::new(),
+            release_store: std::sync::RwLock::new(None),
+            leadership_lost,
         }
     }
 }
 
 impl Metrics {
     /// Lets the releases-by-phase gauge read the controller's cache at scrape time.
+    /// (A new term as leader brings a new store.)
     pub fn watch_releases(&self, store: Store<ModelRelease>) {
-        let _ = self.release_store.set(store);
+        *self
+            .release_store
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(store);
     }
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
-        if let Some(store) = self.release_store.get() {
+        let store = self
+            .release_store
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(store) = store {
             let state = store.state();
             for phase in Phase::ALL {
                 let n = state

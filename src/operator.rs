@@ -62,26 +62,45 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     web.ready.store(true, Ordering::SeqCst);
     let stop = Shutdown::listen();
 
-    let leadership = tokio::select! {
-        l = Leadership::acquire(client.clone(), config.lease.clone()) => l,
-        () = stop.wait() => { server.abort(); return Ok(()); }
-    };
-    let mut context = Context::new(client.clone(), metrics.clone());
-    context.insecure_registries = config.insecure_registries.clone();
-    let feeds = Feeds::new();
-    context.caches = Some(feeds.caches.clone());
-    let ctx = Arc::new(context);
-    let outcome = tokio::select! {
-        () = controllers(client, ctx, metrics, &stop, feeds) => Ok(()),
-        () = leadership.keep() => Err(anyhow::anyhow!("lost leadership; exiting so a new process can rejoin the election")),
-        () = async { stop.wait().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; stopping anyway");
-            Ok(())
+    // Leadership lost (a slow API server, another replica) ends only this term: the controllers
+    // stop, and the replica stands by for the Lease again instead of exiting.
+    let outcome = loop {
+        let leadership = tokio::select! {
+            l = Leadership::acquire(client.clone(), config.lease.clone()) => l,
+            () = stop.wait() => break Ok(()),
+        };
+        let mut context = Context::new(client.clone(), metrics.clone());
+        context.insecure_registries = config.insecure_registries.clone();
+        let feeds = Feeds::new();
+        context.caches = Some(feeds.caches.clone());
+        let ctx = Arc::new(context);
+        let term = tokio::select! {
+            () = controllers(client.clone(), ctx, metrics.clone(), &stop, feeds) => Term::Stopped,
+            () = leadership.keep() => Term::Lost,
+            () = async { stop.wait().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; stopping anyway");
+                Term::Stopped
+            }
+        };
+        leadership.release().await;
+        match term {
+            Term::Stopped => break Ok(()),
+            Term::Lost => {
+                metrics.leadership_lost.inc();
+                warn!("lost leadership; stepped down, standing by for the Lease again");
+            }
         }
     };
-    leadership.release().await;
     server.abort();
     outcome
+}
+
+/// How a term as leader ended.
+enum Term {
+    /// Shutdown requested.
+    Stopped,
+    /// The Lease could not be renewed in time or another replica took it.
+    Lost,
 }
 
 fn router(web: Web) -> Router {
