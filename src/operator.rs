@@ -14,11 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{
-        Controller, WatchStreamExt,
-        reflector::{self, ObjectRef, ReflectHandle, store::Writer},
-        watcher,
-    },
+    runtime::{Controller, reflector::ObjectRef, watcher},
 };
 use tracing::{error, info, warn};
 
@@ -26,7 +22,7 @@ use crate::{
     api::{ModelRelease, SecurePipeline},
     leader::{Leadership, LeaseConfig},
     metrics::{Metrics, SharedMetrics},
-    reconcile::{self, Context, caches::Caches},
+    reconcile::{self, Context},
     tekton::TaskRun,
 };
 
@@ -71,11 +67,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         };
         let mut context = Context::new(client.clone(), metrics.clone());
         context.insecure_registries = config.insecure_registries.clone();
-        let feeds = Feeds::new();
-        context.caches = Some(feeds.caches.clone());
         let ctx = Arc::new(context);
         let term = tokio::select! {
-            () = controllers(client.clone(), ctx, metrics.clone(), &stop, feeds) => Term::Stopped,
+            () = controllers(client.clone(), ctx, metrics.clone(), &stop) => Term::Stopped,
             () = leadership.keep() => Term::Lost,
             () = async { stop.wait().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
                 warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; stopping anyway");
@@ -158,80 +152,11 @@ impl Shutdown {
     }
 }
 
-/// Items a shared watch buffers for its slowest subscriber before the watch waits for it.
-const SHARED_BUFFER: usize = 1024;
-
-/// One watch per kind, shared by both controllers as triggers and by the reconcilers as caches.
-struct Feeds {
-    caches: Caches,
-    release_writer: Writer<ModelRelease>,
-    pipeline_writer: Writer<SecurePipeline>,
-    task_run_writer: Writer<TaskRun>,
-    deployment_writer: Writer<Deployment>,
-}
-
-impl Feeds {
-    fn new() -> Self {
-        let (releases, release_writer) = reflector::store_shared(SHARED_BUFFER);
-        let (pipelines, pipeline_writer) = reflector::store_shared(SHARED_BUFFER);
-        let (task_runs, task_run_writer) = reflector::store_shared(SHARED_BUFFER);
-        let (deployments, deployment_writer) = reflector::store_shared(SHARED_BUFFER);
-        Self {
-            caches: Caches {
-                releases,
-                pipelines,
-                task_runs,
-                deployments,
-            },
-            release_writer,
-            pipeline_writer,
-            task_run_writer,
-            deployment_writer,
-        }
-    }
-}
-
-/// A subscription to a shared watch (a store made by `store_shared` always has one).
-fn subscribe<K>(writer: &Writer<K>) -> ReflectHandle<K>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
-{
-    writer
-        .subscribe()
-        .unwrap_or_else(|| unreachable!("store_shared makes a dispatcher"))
-}
-
-/// Drives one shared watch into its store and subscribers until the process stops.
-async fn feed<K>(api: Api<K>, config: watcher::Config, writer: Writer<K>)
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
-{
-    watcher(api, config)
-        .default_backoff()
-        .reflect_shared(writer)
-        .for_each(|event| async move {
-            if let Err(e) = event {
-                warn!(error = %e, "watch failed; retrying with backoff");
-            }
-        })
-        .await;
-}
-
-async fn controllers(
-    client: Client,
-    ctx: reconcile::Ctx,
-    metrics: SharedMetrics,
-    stop: &Shutdown,
-    feeds: Feeds,
-) {
+async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics, stop: &Shutdown) {
+    let releases: Api<ModelRelease> = Api::all(client.clone());
+    let pipelines: Api<SecurePipeline> = Api::all(client.clone());
+    let task_runs: Api<TaskRun> = Api::all(client.clone());
+    let task_runs_all = task_runs.clone();
     // Not `any_semantic()`: after an API-server restart a list at resourceVersion 0 was served
     // from a watch cache behind the new server's watch window, and every watch from its version
     // ended in 410 Gone. A consistent list starts a watch the server can serve. (A restarted API
@@ -239,134 +164,100 @@ async fn controllers(
     // retrying: the caches can lag that long, so every status write carries a precondition; see
     // `reconcile::status_write`.)
     let wc = watch_config();
-    let caches = feeds.caches.clone();
-    metrics.watch_releases(caches.releases.clone());
 
-    let siblings = caches.releases.clone();
-    let by_deployment = caches.releases.clone();
-    let by_pipeline = caches.releases.clone();
-    let release_loop =
-        Controller::for_shared_stream(subscribe(&feeds.release_writer), caches.releases.clone())
-            .owns_shared_stream(subscribe(&feeds.task_run_writer))
-            // Rescan TaskRuns carry no owner reference (the release's own stages never see them).
-            .watches_shared_stream(subscribe(&feeds.task_run_writer), |tr: Arc<TaskRun>| {
+    let release_controller = Controller::new(releases.clone(), wc.clone());
+    let release_store = release_controller.store();
+    metrics.watch_releases(release_store.clone());
+    let deployment_store = release_store.clone();
+    let sibling_store = release_store.clone();
+    let release_loop = release_controller
+        .owns(task_runs, watch_config().labels(crate::api::LABEL_RELEASE))
+        // Rescan TaskRuns carry no release label (the release's own stages never see them).
+        .watches(
+            task_runs_all.clone(),
+            watch_config().labels(reconcile::rescan::LABEL_RESCAN_OF),
+            |tr: TaskRun| {
                 let of = tr.labels().get(reconcile::rescan::LABEL_RESCAN_OF).cloned();
                 tr.namespace()
                     .zip(of)
                     .map(|(ns, r)| ObjectRef::<ModelRelease>::new(&r).within(&ns))
-            })
-            .watches_shared_stream(
-                subscribe(&feeds.pipeline_writer),
-                move |pipeline: Arc<SecurePipeline>| {
-                    let ns = pipeline.namespace();
-                    let name = pipeline.name_any();
-                    by_pipeline
-                        .state()
-                        .into_iter()
-                        .filter(|r| r.namespace() == ns && r.spec.pipeline_ref.name == name)
-                        .map(|r| ObjectRef::from_obj(&*r))
-                        .collect::<Vec<_>>()
-                },
-            )
-            .watches_shared_stream(
-                subscribe(&feeds.deployment_writer),
-                move |dep: Arc<Deployment>| {
-                    reconcile::wakeups::after_deployment_change(&dep, &by_deployment.state())
-                },
-            )
-            // A release that ended may give the Deployment's turn to the next one.
-            .watches_shared_stream(
-                subscribe(&feeds.release_writer),
-                move |changed: Arc<ModelRelease>| {
-                    reconcile::wakeups::after_release_change(&changed, &siblings.state())
-                },
-            )
-            .graceful_shutdown_on({
-                let s = stop.clone();
-                async move { s.wait().await }
-            })
-            .run(
-                reconcile::release::reconcile,
-                |obj, e, ctx| {
-                    let failures = ctx.failures.get(&reconcile::object_key(&*obj));
-                    reconcile::error_policy(
-                        reconcile::release::CONTROLLER,
-                        e,
-                        failures,
-                        &ctx.metrics,
-                    )
-                },
-                ctx.clone(),
-            )
-            .for_each(|_| async {});
+            },
+        )
+        .watches(
+            pipelines.clone(),
+            wc.clone(),
+            move |pipeline: SecurePipeline| {
+                let ns = pipeline.namespace();
+                let name = pipeline.name_any();
+                release_store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.namespace() == ns && r.spec.pipeline_ref.name == name)
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            wc.clone(),
+            move |dep: Deployment| {
+                reconcile::wakeups::after_deployment_change(&dep, &deployment_store.state())
+            },
+        )
+        // A release that ended gives the Deployment's turn to the newest one waiting.
+        .watches(
+            releases.clone(),
+            wc.clone(),
+            move |changed: ModelRelease| {
+                reconcile::wakeups::after_release_change(&changed, &sibling_store.state())
+            },
+        )
+        .graceful_shutdown_on({
+            let s = stop.clone();
+            async move { s.wait().await }
+        })
+        .run(
+            reconcile::release::reconcile,
+            |obj, e, ctx| {
+                let failures = ctx.failures.get(&reconcile::object_key(&*obj));
+                reconcile::error_policy(reconcile::release::CONTROLLER, e, failures, &ctx.metrics)
+            },
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
 
-    let pipeline_loop =
-        Controller::for_shared_stream(subscribe(&feeds.pipeline_writer), caches.pipelines.clone())
-            // Many release events in a burst make one pipeline reconcile, not one each.
-            .with_config(kube::runtime::controller::Config::default().debounce(PIPELINE_DEBOUNCE))
-            .watches_shared_stream(subscribe(&feeds.task_run_writer), |tr: Arc<TaskRun>| {
-                let rescan = tr.labels().contains_key(reconcile::rescan::LABEL_RESCAN_OF);
+    let pipeline_loop = Controller::new(pipelines, wc.clone())
+        // Many release events in a burst make one pipeline reconcile, not one each.
+        .with_config(kube::runtime::controller::Config::default().debounce(PIPELINE_DEBOUNCE))
+        .watches(
+            Api::<TaskRun>::all(client.clone()),
+            watch_config().labels(reconcile::rescan::LABEL_RESCAN_OF),
+            |tr: TaskRun| {
                 let pipeline = tr.labels().get(crate::api::LABEL_PIPELINE).cloned();
                 tr.namespace()
-                    .zip(pipeline.filter(|_| rescan))
+                    .zip(pipeline)
                     .map(|(ns, p)| ObjectRef::<SecurePipeline>::new(&p).within(&ns))
-            })
-            .watches_shared_stream(subscribe(&feeds.release_writer), |r: Arc<ModelRelease>| {
-                r.namespace().map(|ns| {
-                    ObjectRef::<SecurePipeline>::new(&r.spec.pipeline_ref.name).within(&ns)
-                })
-            })
-            .graceful_shutdown_on({
-                let s = stop.clone();
-                async move { s.wait().await }
-            })
-            .run(
-                reconcile::pipeline::reconcile,
-                |obj, e, ctx| {
-                    let failures = ctx.failures.get(&reconcile::object_key(&*obj));
-                    reconcile::error_policy(
-                        reconcile::pipeline::CONTROLLER,
-                        e,
-                        failures,
-                        &ctx.metrics,
-                    )
-                },
-                ctx,
-            )
-            .for_each(|_| async {});
-
-    // Sluice's own TaskRuns only: stages and rescans all carry the pipeline label.
-    let task_run_config = watch_config().labels(crate::api::LABEL_PIPELINE);
-    let watches = async {
-        tokio::join!(
-            feed(
-                Api::<ModelRelease>::all(client.clone()),
-                wc.clone(),
-                feeds.release_writer
-            ),
-            feed(
-                Api::<SecurePipeline>::all(client.clone()),
-                wc.clone(),
-                feeds.pipeline_writer
-            ),
-            feed(
-                Api::<TaskRun>::all(client.clone()),
-                task_run_config,
-                feeds.task_run_writer
-            ),
-            feed(
-                Api::<Deployment>::all(client.clone()),
-                wc,
-                feeds.deployment_writer
-            ),
-        );
-    };
+            },
+        )
+        .watches(releases, wc, |r: ModelRelease| {
+            r.namespace()
+                .map(|ns| ObjectRef::<SecurePipeline>::new(&r.spec.pipeline_ref.name).within(&ns))
+        })
+        .graceful_shutdown_on({
+            let s = stop.clone();
+            async move { s.wait().await }
+        })
+        .run(
+            reconcile::pipeline::reconcile,
+            |obj, e, ctx| {
+                let failures = ctx.failures.get(&reconcile::object_key(&*obj));
+                reconcile::error_policy(reconcile::pipeline::CONTROLLER, e, failures, &ctx.metrics)
+            },
+            ctx,
+        )
+        .for_each(|_| async {});
     info!("controllers started");
-    // The watches end only with the process; the controllers end on shutdown.
-    tokio::select! {
-        _ = async { tokio::join!(release_loop, pipeline_loop) } => {},
-        () = watches => {},
-    }
+    tokio::join!(release_loop, pipeline_loop);
     info!("controllers stopped");
 }
 

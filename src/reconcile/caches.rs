@@ -6,6 +6,10 @@
 //! What is still read fresh, and why, is said where it happens: the turn decision confirms a
 //! "go" on a fresh list (a cache that lags could hide a newer release that was just released),
 //! status writes carry the resourceVersion they were computed from, and a stale write re-reads.
+//!
+//! Not wired into `sluice run` yet: with these caches fed by one shared watch per kind, a release
+//! whose operator was SIGKILLed mid-stage was never reconciled again by the next process in
+//! `e2e/tests/restart.rs` under load (cause not found yet), so `Context::caches` stays `None`.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
