@@ -227,8 +227,6 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
         .for_each(|_| async {});
 
     let pipeline_loop = Controller::new(pipelines, wc.clone())
-        // Many release events in a burst make one pipeline reconcile, not one each.
-        .with_config(kube::runtime::controller::Config::default().debounce(PIPELINE_DEBOUNCE))
         .watches(
             Api::<TaskRun>::all(client.clone()),
             watch_config().labels(reconcile::rescan::LABEL_RESCAN_OF),
@@ -260,9 +258,6 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     tokio::join!(release_loop, pipeline_loop);
     info!("controllers stopped");
 }
-
-/// How long the pipeline controller gathers events of one pipeline before it reconciles it.
-const PIPELINE_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Seconds the API server keeps one watch open before it ends it cleanly.
 const WATCH_SECONDS: u32 = 40;
