@@ -9,7 +9,7 @@ use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
 use crate::{
     api::{
-        ModelRelease,
+        ModelRelease, Phase,
         conditions::{self, reason},
     },
     rollout::{self, release_key},
@@ -42,17 +42,40 @@ fn newest_waiting(
         .map(|r| ObjectRef::from_obj(&**r))
 }
 
-/// A release changed: once it has ended, the newest sibling waiting for the same Deployment.
+/// Whether `r` waits past its stages: for its turn on the Deployment, or for approval.
+fn past_its_stages(r: &ModelRelease) -> bool {
+    r.status
+        .as_ref()
+        .is_some_and(|s| s.phase == Phase::AwaitingApproval)
+        || ready_reason(r) == Some(reason::WAITING_FOR_ROLLOUT)
+}
+
+/// A release changed. Once it is `Released`, every sibling past its stages (the older ones are
+/// now superseded, a newer one may go); once it ended otherwise, the newest sibling waiting for
+/// the turn. Each of those, when it ends, wakes the next.
 pub fn after_release_change(
     changed: &ModelRelease,
     all: &[Arc<ModelRelease>],
-) -> Option<ObjectRef<ModelRelease>> {
+) -> Vec<ObjectRef<ModelRelease>> {
     if !ended(changed) {
-        return None;
+        return Vec::new();
     }
     let ns = changed.namespace();
-    newest_waiting(ns.as_deref(), &changed.spec.target.deployment, all)
-        .filter(|r| r.name != changed.name_any())
+    let deployment = &changed.spec.target.deployment;
+    let name = changed.name_any();
+    let released = changed.status.as_ref().map(|s| s.phase) == Some(Phase::Released);
+    if released {
+        return all
+            .iter()
+            .filter(|r| targets(r, ns.as_deref(), deployment) && !ended(r))
+            .filter(|r| r.name_any() != name && past_its_stages(r))
+            .map(|r| ObjectRef::from_obj(&**r))
+            .collect();
+    }
+    newest_waiting(ns.as_deref(), deployment, all)
+        .filter(|r| r.name != name)
+        .into_iter()
+        .collect()
 }
 
 /// A Deployment changed: the release holding its rollout claim, the releases stalled because
@@ -88,10 +111,7 @@ pub fn after_deployment_change(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        api::{ModelReleaseStatus, Phase},
-        fixtures,
-    };
+    use crate::{api::ModelReleaseStatus, fixtures};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     fn release(name: &str, second: i64, phase: Phase, why: &str) -> Arc<ModelRelease> {
@@ -121,17 +141,24 @@ mod tests {
     }
 
     #[test]
-    fn an_ended_release_wakes_only_the_newest_waiting_sibling() {
+    fn a_released_release_wakes_the_siblings_past_their_stages_another_end_only_the_newest() {
         let all = vec![
             release("r1", 1, Phase::Released, reason::RELEASED),
             release("r2", 2, Phase::Signing, reason::WAITING_FOR_ROLLOUT),
             release("r3", 3, Phase::Signing, reason::WAITING_FOR_ROLLOUT),
             release("r4", 4, Phase::Running, "StagesRunning"),
+            release("r5", 0, Phase::AwaitingApproval, "AwaitingApproval"),
         ];
-        let woken = after_release_change(&all[0], &all);
-        assert_eq!(woken.map(|r| r.name), Some("r3".to_string()));
+        // Released: the waiting and the approval-pending ones (older ones are now superseded).
+        assert_eq!(
+            names(&after_release_change(&all[0], &all)),
+            ["r2", "r3", "r5"]
+        );
+        // Blocked: only the newest one waiting for the turn.
+        let blocked = release("r6", 6, Phase::Blocked, "Blocked");
+        assert_eq!(names(&after_release_change(&blocked, &all)), ["r3"]);
         // A change of a release still running wakes nobody.
-        assert_eq!(after_release_change(&all[3], &all), None);
+        assert!(after_release_change(&all[3], &all).is_empty());
     }
 
     #[test]
