@@ -14,7 +14,11 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{Controller, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller, WatchStreamExt,
+        reflector::{self, ObjectRef, Store, store::Writer},
+        watcher,
+    },
 };
 use tracing::{error, info, warn};
 
@@ -22,7 +26,7 @@ use crate::{
     api::{ModelRelease, SecurePipeline},
     leader::{Leadership, LeaseConfig},
     metrics::{Metrics, SharedMetrics},
-    reconcile::{self, Context},
+    reconcile::{self, Context, caches::Caches},
     tekton::TaskRun,
 };
 
@@ -67,9 +71,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         };
         let mut context = Context::new(client.clone(), metrics.clone());
         context.insecure_registries = config.insecure_registries.clone();
+        let feeds = Feeds::new();
+        context.caches = Some(feeds.caches.clone());
         let ctx = Arc::new(context);
         let term = tokio::select! {
-            () = controllers(client.clone(), ctx, metrics.clone(), &stop) => Term::Stopped,
+            () = controllers(client.clone(), ctx, metrics.clone(), &stop, feeds) => Term::Stopped,
             () = leadership.keep() => Term::Lost,
             () = async { stop.wait().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
                 warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; stopping anyway");
@@ -152,11 +158,126 @@ impl Shutdown {
     }
 }
 
-async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics, stop: &Shutdown) {
-    let releases: Api<ModelRelease> = Api::all(client.clone());
-    let pipelines: Api<SecurePipeline> = Api::all(client.clone());
-    let task_runs: Api<TaskRun> = Api::all(client.clone());
-    let task_runs_all = task_runs.clone();
+/// Objects a watch buffers for its slowest trigger before the watch waits for it.
+const FANOUT_BUFFER: usize = 1024;
+
+/// A trigger stream fed by one of the shared watches.
+type Trigger<K> =
+    futures::stream::Map<futures::channel::mpsc::Receiver<K>, fn(K) -> Result<K, watcher::Error>>;
+
+/// One watch of a kind: its cache writer, the triggers it feeds, and whether its first list is in.
+struct Feed<K: kube::Resource + Clone + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    writer: Writer<K>,
+    triggers: Vec<futures::channel::mpsc::Sender<K>>,
+    listed: tokio::sync::watch::Sender<bool>,
+}
+
+impl<K> Feed<K>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    fn new() -> (Store<K>, tokio::sync::watch::Receiver<bool>, Self) {
+        let (store, writer) = reflector::store();
+        let (listed, listed_rx) = tokio::sync::watch::channel(false);
+        let feed = Self {
+            writer,
+            triggers: Vec::new(),
+            listed,
+        };
+        (store, listed_rx, feed)
+    }
+
+    /// A new trigger stream: every object the watch applies or deletes, in order.
+    fn trigger(&mut self) -> Trigger<K> {
+        let (tx, rx) = futures::channel::mpsc::channel(FANOUT_BUFFER);
+        self.triggers.push(tx);
+        rx.map(Ok)
+    }
+
+    /// Drives the watch into the cache and the triggers until the process stops. An object
+    /// reaches the triggers after the cache holds it, so a reconcile it starts reads it there.
+    async fn run(self, api: Api<K>, config: watcher::Config) {
+        let Self {
+            writer,
+            mut triggers,
+            listed,
+        } = self;
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff().reflect(writer));
+        while let Some(event) = events.next().await {
+            let obj = match event {
+                Ok(
+                    watcher::Event::Apply(o)
+                    | watcher::Event::InitApply(o)
+                    | watcher::Event::Delete(o),
+                ) => o,
+                // Said here rather than through `Store::wait_until_ready`: its future keeps one
+                // waker only, so of several reconciles waiting on it all but one were never woken.
+                Ok(watcher::Event::InitDone) => {
+                    listed.send_replace(true);
+                    continue;
+                }
+                Ok(watcher::Event::Init) => continue,
+                Err(e) => {
+                    warn!(error = %e, "watch failed; retrying with backoff");
+                    continue;
+                }
+            };
+            for tx in &mut triggers {
+                // A trigger whose controller stopped is simply skipped.
+                let _ = futures::SinkExt::send(tx, obj.clone()).await;
+            }
+        }
+    }
+}
+
+/// One watch per kind, feeding both controllers as triggers and the reconcilers as caches.
+struct Feeds {
+    caches: Caches,
+    releases: Feed<ModelRelease>,
+    pipelines: Feed<SecurePipeline>,
+    task_runs: Feed<TaskRun>,
+    deployments: Feed<Deployment>,
+}
+
+impl Feeds {
+    fn new() -> Self {
+        let (releases_store, r, releases) = Feed::new();
+        let (pipelines_store, p, pipelines) = Feed::new();
+        let (task_runs_store, t, task_runs) = Feed::new();
+        let (deployments_store, d, deployments) = Feed::new();
+        Self {
+            caches: Caches {
+                releases: releases_store,
+                pipelines: pipelines_store,
+                task_runs: task_runs_store,
+                deployments: deployments_store,
+                listed: vec![r, p, t, d],
+            },
+            releases,
+            pipelines,
+            task_runs,
+            deployments,
+        }
+    }
+}
+
+async fn controllers(
+    client: Client,
+    ctx: reconcile::Ctx,
+    metrics: SharedMetrics,
+    stop: &Shutdown,
+    mut feeds: Feeds,
+) {
     // Not `any_semantic()`: after an API-server restart a list at resourceVersion 0 was served
     // from a watch cache behind the new server's watch window, and every watch from its version
     // ended in 410 Gone. A consistent list starts a watch the server can serve. (A restarted API
@@ -164,32 +285,28 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
     // retrying: the caches can lag that long, so every status write carries a precondition; see
     // `reconcile::status_write`.)
     let wc = watch_config();
-
-    let release_controller = Controller::new(releases.clone(), wc.clone());
-    let release_store = release_controller.store();
-    metrics.watch_releases(release_store.clone());
-    let deployment_store = release_store.clone();
-    let sibling_store = release_store.clone();
-    let release_loop = release_controller
-        .owns(task_runs, watch_config().labels(crate::api::LABEL_RELEASE))
-        // Rescan TaskRuns carry no release label (the release's own stages never see them).
-        .watches(
-            task_runs_all.clone(),
-            watch_config().labels(reconcile::rescan::LABEL_RESCAN_OF),
-            |tr: TaskRun| {
-                let of = tr.labels().get(reconcile::rescan::LABEL_RESCAN_OF).cloned();
-                tr.namespace()
-                    .zip(of)
-                    .map(|(ns, r)| ObjectRef::<ModelRelease>::new(&r).within(&ns))
-            },
-        )
-        .watches(
-            pipelines.clone(),
-            wc.clone(),
+    let caches = feeds.caches.clone();
+    metrics.watch_releases(caches.releases.clone());
+    let siblings = caches.releases.clone();
+    let by_deployment = caches.releases.clone();
+    let by_pipeline = caches.releases.clone();
+    // Each controller's runner waits for its own cache's first list (kube's `wait_until_ready`, one
+    // waiter per cache); reconciles wait for all four through `Caches::ready`.
+    let release_loop = Controller::for_stream(feeds.releases.trigger(), caches.releases.clone())
+        .owns_stream(feeds.task_runs.trigger())
+        // Rescan TaskRuns carry no owner reference (the release's own stages never see them).
+        .watches_stream(feeds.task_runs.trigger(), |tr: TaskRun| {
+            let of = tr.labels().get(reconcile::rescan::LABEL_RESCAN_OF).cloned();
+            tr.namespace()
+                .zip(of)
+                .map(|(ns, r)| ObjectRef::<ModelRelease>::new(&r).within(&ns))
+        })
+        .watches_stream(
+            feeds.pipelines.trigger(),
             move |pipeline: SecurePipeline| {
                 let ns = pipeline.namespace();
                 let name = pipeline.name_any();
-                release_store
+                by_pipeline
                     .state()
                     .into_iter()
                     .filter(|r| r.namespace() == ns && r.spec.pipeline_ref.name == name)
@@ -197,21 +314,13 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
                     .collect::<Vec<_>>()
             },
         )
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            wc.clone(),
-            move |dep: Deployment| {
-                reconcile::wakeups::after_deployment_change(&dep, &deployment_store.state())
-            },
-        )
-        // A release that ended gives the Deployment's turn to the newest one waiting.
-        .watches(
-            releases.clone(),
-            wc.clone(),
-            move |changed: ModelRelease| {
-                reconcile::wakeups::after_release_change(&changed, &sibling_store.state())
-            },
-        )
+        .watches_stream(feeds.deployments.trigger(), move |dep: Deployment| {
+            reconcile::wakeups::after_deployment_change(&dep, &by_deployment.state())
+        })
+        // A release that ended may give the Deployment's turn to the next one.
+        .watches_stream(feeds.releases.trigger(), move |changed: ModelRelease| {
+            reconcile::wakeups::after_release_change(&changed, &siblings.state())
+        })
         .graceful_shutdown_on({
             let s = stop.clone();
             async move { s.wait().await }
@@ -225,19 +334,16 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
             ctx.clone(),
         )
         .for_each(|_| async {});
-
-    let pipeline_loop = Controller::new(pipelines, wc.clone())
-        .watches(
-            Api::<TaskRun>::all(client.clone()),
-            watch_config().labels(reconcile::rescan::LABEL_RESCAN_OF),
-            |tr: TaskRun| {
-                let pipeline = tr.labels().get(crate::api::LABEL_PIPELINE).cloned();
-                tr.namespace()
-                    .zip(pipeline)
-                    .map(|(ns, p)| ObjectRef::<SecurePipeline>::new(&p).within(&ns))
-            },
-        )
-        .watches(releases, wc, |r: ModelRelease| {
+    let pipeline_loop = Controller::for_stream(feeds.pipelines.trigger(), caches.pipelines.clone())
+        // Only rescans concern the pipeline; a release's stages reach it through the release.
+        .watches_stream(feeds.task_runs.trigger(), |tr: TaskRun| {
+            let rescan = tr.labels().contains_key(reconcile::rescan::LABEL_RESCAN_OF);
+            let pipeline = tr.labels().get(crate::api::LABEL_PIPELINE).cloned();
+            tr.namespace()
+                .zip(pipeline.filter(|_| rescan))
+                .map(|(ns, p)| ObjectRef::<SecurePipeline>::new(&p).within(&ns))
+        })
+        .watches_stream(feeds.releases.trigger(), |r: ModelRelease| {
             r.namespace()
                 .map(|ns| ObjectRef::<SecurePipeline>::new(&r.spec.pipeline_ref.name).within(&ns))
         })
@@ -254,8 +360,27 @@ async fn controllers(client: Client, ctx: reconcile::Ctx, metrics: SharedMetrics
             ctx,
         )
         .for_each(|_| async {});
+    let task_run_config = watch_config().labels(crate::api::LABEL_PIPELINE);
+    let Feeds {
+        releases,
+        pipelines,
+        task_runs,
+        deployments,
+        ..
+    } = feeds;
+    let watches = async {
+        tokio::join!(
+            releases.run(Api::all(client.clone()), wc.clone()),
+            pipelines.run(Api::all(client.clone()), wc.clone()),
+            task_runs.run(Api::all(client.clone()), task_run_config),
+            deployments.run(Api::all(client.clone()), wc),
+        );
+    };
     info!("controllers started");
-    tokio::join!(release_loop, pipeline_loop);
+    tokio::select! {
+        _ = async { tokio::join!(release_loop, pipeline_loop) } => {},
+        () = watches => {},
+    }
     info!("controllers stopped");
 }
 

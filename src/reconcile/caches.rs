@@ -5,11 +5,8 @@
 //!
 //! What is still read fresh, and why, is said where it happens: the turn decision confirms a
 //! "go" on a fresh list (a cache that lags could hide a newer release that was just released),
-//! status writes carry the resourceVersion they were computed from, and a stale write re-reads.
-//!
-//! Not wired into `sluice run` yet: with these caches fed by one shared watch per kind, a release
-//! whose operator was SIGKILLed mid-stage was never reconciled again by the next process in
-//! `e2e/tests/restart.rs` under load (cause not found yet), so `Context::caches` stays `None`.
+//! status writes carry the resourceVersion they were computed from, and a stale write re-reads;
+//! Secrets are never cached (the chart's RBAC may get, never list them).
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
@@ -35,18 +32,19 @@ pub struct Caches {
     pub task_runs: Store<TaskRun>,
     /// Every Deployment.
     pub deployments: Store<Deployment>,
+    /// One per cache: true once its first full list is in.
+    pub listed: Vec<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Caches {
     /// Waits until every cache has its first full list: a reconcile that read a cache still
     /// empty after a restart would see none of its TaskRuns.
     pub async fn ready(&self) {
-        // A dropped writer means the operator is shutting down; the reconcile then finds
-        // whatever the cache holds and its writes still carry preconditions.
-        let _ = self.releases.wait_until_ready().await;
-        let _ = self.pipelines.wait_until_ready().await;
-        let _ = self.task_runs.wait_until_ready().await;
-        let _ = self.deployments.wait_until_ready().await;
+        for listed in &self.listed {
+            // A closed channel means the operator is shutting down; the reconcile then finds
+            // whatever the cache holds and its writes still carry preconditions.
+            let _ = listed.clone().wait_for(|done| *done).await;
+        }
     }
 }
 
