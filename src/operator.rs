@@ -254,13 +254,14 @@ impl Feeds {
         let (releases_store, r, releases) = Feed::new();
         let (pipelines_store, p, pipelines) = Feed::new();
         let (task_runs_store, t, task_runs) = Feed::new();
-        let (deployments_store, d, deployments) = Feed::new();
+        // Not read by the reconcilers (the rollout reads a Deployment fresh: its resourceVersion
+        // is the claim's precondition); its store is only what `reflect` fills.
+        let (_, d, deployments) = Feed::new();
         Self {
             caches: Caches {
                 releases: releases_store,
                 pipelines: pipelines_store,
                 task_runs: task_runs_store,
-                deployments: deployments_store,
                 listed: vec![r, p, t, d],
             },
             releases,

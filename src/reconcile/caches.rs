@@ -1,6 +1,6 @@
 //! The watch caches both controllers read instead of the API server: one shared watch per kind
-//! (ModelReleases, SecurePipelines, Sluice's TaskRuns, Deployments), fed to the controllers as
-//! triggers and read by the reconcilers. Without caches (unit tests against a mocked API) every
+//! (ModelReleases, SecurePipelines, Sluice's TaskRuns; Deployments only trigger, as the rollout
+//! reads them fresh), fed to the controllers as triggers and read by the reconcilers. Without caches (unit tests against a mocked API) every
 //! read goes to the API server, so the same code runs either way.
 //!
 //! What is still read fresh, and why, is said where it happens: the turn decision confirms a
@@ -8,7 +8,6 @@
 //! status writes carry the resourceVersion they were computed from, and a stale write re-reads;
 //! Secrets are never cached (the chart's RBAC may get, never list them).
 
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, ResourceExt,
     api::ListParams,
@@ -30,9 +29,7 @@ pub struct Caches {
     pub pipelines: Store<SecurePipeline>,
     /// TaskRuns labelled `sluice.dev/pipeline` (the stages and rescans Sluice created).
     pub task_runs: Store<TaskRun>,
-    /// Every Deployment.
-    pub deployments: Store<Deployment>,
-    /// One per cache: true once its first full list is in.
+    /// One per watch (the Deployments' too): true once its first full list is in.
     pub listed: Vec<tokio::sync::watch::Receiver<bool>>,
 }
 
@@ -107,19 +104,5 @@ impl Context {
     /// The stage TaskRuns of release `name` in `ns`.
     pub async fn release_task_runs(&self, ns: &str, name: &str) -> Result<Vec<TaskRun>, Error> {
         self.task_runs(ns, LABEL_RELEASE, name).await
-    }
-
-    /// The Deployment `name` of `ns`.
-    pub async fn deployment(&self, ns: &str, name: &str) -> Result<Option<Deployment>, Error> {
-        match &self.caches {
-            Some(c) => Ok(c
-                .deployments
-                .get(&ObjectRef::new(name).within(ns))
-                .map(|d| (*d).clone())),
-            None => Api::<Deployment>::namespaced(self.client.clone(), ns)
-                .get_opt(name)
-                .await
-                .map_err(api("get-deployment")),
-        }
     }
 }
