@@ -245,6 +245,14 @@ async fn wait_condition(
     .await
 }
 
+/// The phases a release ends in when no newer release supersedes it.
+pub const ENDED: [Phase; 4] = [
+    Phase::Released,
+    Phase::Blocked,
+    Phase::Failed,
+    Phase::RolledBack,
+];
+
 /// How often `eventually` looks again by default.
 pub const POLL: Duration = Duration::from_millis(250);
 

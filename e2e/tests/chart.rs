@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use sluice::api::Phase;
 use sluice_e2e::{
-    POLL, REPOSITORY, Sim, TestNamespace,
+    ENDED, POLL, REPOSITORY, Sim, TestNamespace,
     chart::{AdminOperatorAway, ChartNamespace, render_chart as render, run_tool as run},
     clean_sims, eventually, repo_dir, state_dir, tool,
 };
@@ -193,18 +193,7 @@ async fn release_as_the_chart_service_account(chart_ns: &str) -> anyhow::Result<
     let mut sims = clean_sims();
     sims[3] = ("build", Sim::built(&digest));
     ns.release("predictor-60", &sims).await?;
-    let r = ns
-        .wait_phase(
-            "predictor-60",
-            &[
-                Phase::Released,
-                Phase::Blocked,
-                Phase::RolledBack,
-                Phase::Failed,
-            ],
-            TIMEOUT,
-        )
-        .await?;
+    let r = ns.wait_phase("predictor-60", &ENDED, TIMEOUT).await?;
     let status = r.status.unwrap_or_default();
     assert_eq!(status.phase, Phase::Released, "{:?}", status.conditions);
     assert_eq!(ns.target_image().await?, format!("{REPOSITORY}@{digest}"));

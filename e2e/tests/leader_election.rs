@@ -7,7 +7,9 @@ use std::{ops::ControlFlow, process::Command, time::Duration};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use sluice::api::Phase;
-use sluice_e2e::{Sim, TestNamespace, clean_sims, eventually, operator, repo_dir, state_dir};
+use sluice_e2e::{
+    ENDED, Sim, TestNamespace, clean_sims, eventually, operator, repo_dir, state_dir,
+};
 
 const LEASE: &str = "sluice-controller";
 const STANDBY_PORT: &str = "38081";
@@ -52,16 +54,7 @@ async fn release_once(ns: &TestNamespace, name: &str, content: &str) -> anyhow::
     sims[3] = ("build", Sim::built(&digest));
     ns.release(name, &sims).await?;
     let r = ns
-        .wait_phase(
-            name,
-            &[
-                Phase::Released,
-                Phase::Blocked,
-                Phase::RolledBack,
-                Phase::Failed,
-            ],
-            Duration::from_secs(120),
-        )
+        .wait_phase(name, &ENDED, Duration::from_secs(120))
         .await?;
     Ok(r.status.map(|s| s.phase).unwrap_or_default())
 }

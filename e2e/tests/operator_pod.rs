@@ -13,7 +13,7 @@ use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::
 use kube::api::{Api, ListParams};
 use sluice::api::Phase;
 use sluice_e2e::{
-    POLL, REPOSITORY, Sim, TestNamespace,
+    ENDED, POLL, REPOSITORY, Sim, TestNamespace,
     chart::{AdminOperatorAway, ChartNamespace, render_chart, run_tool},
     clean_sims, client, eventually,
     real_node::NODE_NAME,
@@ -212,18 +212,7 @@ async fn release_through_the_pod() -> anyhow::Result<()> {
     let mut sims = clean_sims();
     sims[3] = ("build", Sim::built_in(&repository, &digest));
     ns.release("predictor-61", &sims).await?;
-    let r = ns
-        .wait_phase(
-            "predictor-61",
-            &[
-                Phase::Released,
-                Phase::Blocked,
-                Phase::RolledBack,
-                Phase::Failed,
-            ],
-            TIMEOUT,
-        )
-        .await?;
+    let r = ns.wait_phase("predictor-61", &ENDED, TIMEOUT).await?;
     let status = r.status.unwrap_or_default();
     assert_eq!(status.phase, Phase::Released, "{:?}", status.conditions);
     assert_eq!(ns.target_image().await?, format!("{repository}@{digest}"));

@@ -14,21 +14,13 @@ use sluice::{
     tekton::TaskRun,
 };
 use sluice_e2e::{
-    TestNamespace,
+    ENDED, TestNamespace,
     real_node::{NODE_NAME, commit_change},
     repo_dir, tool,
 };
 
 /// A whole release on the real node: four parallel stages, a build, a rollout and a DAST scan.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// The phases a release ends in, whichever way it ends.
-const ENDED: [Phase; 4] = [
-    Phase::Released,
-    Phase::Blocked,
-    Phase::Failed,
-    Phase::RolledBack,
-];
 
 fn stage<'a>(r: &'a ModelRelease, name: &str) -> &'a sluice::api::release::StageStatus {
     r.status

@@ -12,7 +12,7 @@ use k8s_openapi::api::{
 use kube::api::ListParams;
 use serde_json::json;
 use sluice::api::{ModelRelease, Phase, conditions};
-use sluice_e2e::{REPOSITORY, Sim, TestNamespace, clean_sims, state_dir};
+use sluice_e2e::{ENDED, REPOSITORY, Sim, TestNamespace, clean_sims, state_dir};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const STABLE: &str = "127.0.0.1:35000/evip/predictor:stable";
@@ -40,18 +40,7 @@ async fn a_clean_release_rolls_out_the_signed_digest_and_is_released() -> anyhow
     let mut sims = clean_sims();
     sims[3] = ("build", Sim::built(&digest));
     ns.release("predictor-80", &sims).await?;
-    let r = ns
-        .wait_phase(
-            "predictor-80",
-            &[
-                Phase::Released,
-                Phase::RolledBack,
-                Phase::Failed,
-                Phase::Blocked,
-            ],
-            TIMEOUT,
-        )
-        .await?;
+    let r = ns.wait_phase("predictor-80", &ENDED, TIMEOUT).await?;
     assert_eq!(
         r.status.as_ref().map(|s| s.phase),
         Some(Phase::Released),
@@ -366,18 +355,7 @@ async fn pods_that_never_become_ready_roll_back_to_the_previous_image() -> anyho
     let mut sims = clean_sims();
     sims[3] = ("build", Sim::built_in(repo, &digest));
     ns.release("predictor-84", &sims).await?;
-    let r = ns
-        .wait_phase(
-            "predictor-84",
-            &[
-                Phase::RolledBack,
-                Phase::Failed,
-                Phase::Released,
-                Phase::Blocked,
-            ],
-            TIMEOUT,
-        )
-        .await?;
+    let r = ns.wait_phase("predictor-84", &ENDED, TIMEOUT).await?;
     let status = r.status.clone().unwrap_or_default();
     assert_eq!(status.phase, Phase::RolledBack, "{}", ready_reason(&r));
     let reason = ready_reason(&r);
@@ -401,18 +379,7 @@ async fn a_blocking_dast_gate_after_rollout_rolls_back() -> anyhow::Result<()> {
     sims[3] = ("build", Sim::built(&digest));
     sims[4] = ("dast", Sim::findings(0, 2, 0, 0));
     ns.release("predictor-85", &sims).await?;
-    let r = ns
-        .wait_phase(
-            "predictor-85",
-            &[
-                Phase::RolledBack,
-                Phase::Failed,
-                Phase::Released,
-                Phase::Blocked,
-            ],
-            TIMEOUT,
-        )
-        .await?;
+    let r = ns.wait_phase("predictor-85", &ENDED, TIMEOUT).await?;
     let status = r.status.clone().unwrap_or_default();
     assert_eq!(status.phase, Phase::RolledBack, "{}", ready_reason(&r));
     assert!(
@@ -443,12 +410,7 @@ async fn a_rollback_restores_the_digest_the_tag_named_even_after_the_tag_moved()
     sims[3] = ("build", Sim::built(&digest));
     sims[4] = ("dast", Sim::findings(0, 2, 0, 0));
     ns.release("predictor-86", &sims).await?;
-    let terminal = [
-        Phase::RolledBack,
-        Phase::Failed,
-        Phase::Released,
-        Phase::Blocked,
-    ];
+    let terminal = ENDED;
     // Move the tag once the release has recorded what ran before it.
     let api = ns.api::<ModelRelease>();
     sluice_e2e::eventually(
