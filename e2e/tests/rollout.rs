@@ -410,7 +410,6 @@ async fn a_rollback_restores_the_digest_the_tag_named_even_after_the_tag_moved()
     sims[3] = ("build", Sim::built(&digest));
     sims[4] = ("dast", Sim::findings(0, 2, 0, 0));
     ns.release("predictor-86", &sims).await?;
-    let terminal = ENDED;
     // Move the tag once the release has recorded what ran before it.
     let api = ns.api::<ModelRelease>();
     sluice_e2e::eventually(
@@ -420,7 +419,7 @@ async fn a_rollback_restores_the_digest_the_tag_named_even_after_the_tag_moved()
         async || {
             let status = api.get("predictor-86").await?.status.unwrap_or_default();
             Ok(
-                if status.previous_image.is_some() || terminal.contains(&status.phase) {
+                if status.previous_image.is_some() || ENDED.contains(&status.phase) {
                     std::ops::ControlFlow::Break(())
                 } else {
                     std::ops::ControlFlow::Continue(format!("{:?}", status.phase))
@@ -431,7 +430,7 @@ async fn a_rollback_restores_the_digest_the_tag_named_even_after_the_tag_moved()
     .await?;
     let moved = ns.push_image_to(&live, "moved", None)?;
     assert_ne!(moved, before);
-    let r = ns.wait_phase("predictor-86", &terminal, TIMEOUT).await?;
+    let r = ns.wait_phase("predictor-86", &ENDED, TIMEOUT).await?;
     let status = r.status.clone().unwrap_or_default();
     assert_eq!(status.phase, Phase::RolledBack, "{}", ready_reason(&r));
     let pinned = format!("{live}@{before}");
