@@ -167,7 +167,18 @@ async fn a_release_deleted_mid_rollout_restores_the_previous_image_first() -> an
             .is_some_and(|f| f.iter().any(|f| f == "sluice.dev/rollout")),
         "a release rolling out carries the finalizer"
     );
-    assert_eq!(ns.target_image().await?, format!("{repo}@{digest}"));
+    // The phase is written before the Deployment is patched (intent first, so a restart in
+    // between finishes the apply): wait for the patch itself.
+    let target = format!("{repo}@{digest}");
+    eventually("the new image is applied", TIMEOUT, POLL, async || {
+        let image = ns.target_image().await?;
+        Ok(if image == target {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(image)
+        })
+    })
+    .await?;
     assert!(claim(&ns).await?.is_some_and(|c| c.starts_with("doomed/")));
     ns.api::<ModelRelease>()
         .delete("doomed", &DeleteParams::default())
