@@ -16,6 +16,7 @@ pub mod signing;
 pub mod tekton;
 pub mod telemetry;
 pub mod text;
+pub mod workqueue;
 
 #[cfg(test)]
 mod fixtures;

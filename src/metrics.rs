@@ -69,6 +69,33 @@ pub struct StageLabels {
     pub stage: String,
 }
 
+/// Labels of a registry request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    /// resolve (HEAD of a manifest), pull or push.
+    pub operation: &'static str,
+    /// ok or error.
+    pub result: &'static str,
+}
+
+/// Registry request durations by operation and result; shared by every registry client.
+pub type RegistryTimings = Family<RegistryLabels, Histogram>;
+
+/// Buckets for stages and phases: from a scripted stage (well under a second) to an hour's scan.
+const LONG_BUCKETS: [f64; 13] = [
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+fn long_histogram() -> Histogram {
+    Histogram::new(LONG_BUCKETS)
+}
+
+fn short_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
 /// Every metric Sluice exports.
 pub struct Metrics {
     registry: Registry,
@@ -94,13 +121,41 @@ pub struct Metrics {
     pub rollouts: Family<OutcomeLabels, Counter>,
     /// Rescans whose gates now block, by stage.
     pub rescan_findings: Family<StageLabels, Counter>,
+    /// Time a release spent in a phase, observed when it leaves it.
+    pub phase_duration: Family<PhaseLabels, Histogram>,
+    /// Time from a release's creation to its end, by final phase.
+    pub release_duration: Family<PhaseLabels, Histogram>,
+    /// Wall time of a stage's TaskRun, from creation to completion, observed at its verdict.
+    pub stage_duration: Family<StageLabels, Histogram>,
+    /// Registry request durations.
+    pub registry_duration: RegistryTimings,
+    /// Signatures waiting for a signing slot.
+    pub signing_queue: Gauge,
+    /// Time a signature waited for its slot.
+    pub signing_wait: Histogram,
+    /// Objects triggered and not yet reconciled, by controller.
+    pub workqueue_depth: Family<ControllerLabels, Gauge>,
     releases: Family<PhaseLabels, Gauge>,
     release_store: std::sync::RwLock<Option<Store<ModelRelease>>>,
+    names: Vec<&'static str>,
+}
+
+/// Registers `metric` and notes its name (a family with no samples yet renders nothing).
+fn register(
+    registry: &mut Registry,
+    names: &mut Vec<&'static str>,
+    name: &'static str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    names.push(name);
+    registry.register(name, help, metric);
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("sluice");
+        let mut names = Vec::new();
         let reconciles = Family::<ControllerLabels, Counter>::default();
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
@@ -113,60 +168,160 @@ impl Default for Metrics {
         let task_runs_cancelled = Counter::default();
         let releases = Family::<PhaseLabels, Gauge>::default();
         let leadership_lost = Counter::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "leadership_lost",
             "Terms as leader that ended because the Lease could not be renewed in time or was taken",
             leadership_lost.clone(),
         );
         let signing_duration = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let signing_failures = Family::<CategoryLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "signing_duration_seconds",
             "Duration of signing and pushing signatures",
             signing_duration.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "signing_failures",
             "Signing failures by category",
             signing_failures.clone(),
         );
-        registry.register("reconciles", "Reconciles run", reconciles.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
+            "reconciles",
+            "Reconciles run",
+            reconciles.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
             "reconcile_failures",
             "Reconciles that failed",
             failures.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "reconcile_duration_seconds",
             "Duration of reconciles",
             duration.clone(),
         );
-        registry.register("gate_verdicts", "Gate verdicts decided", verdicts.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
+            "gate_verdicts",
+            "Gate verdicts decided",
+            verdicts.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
             "taskruns_created",
             "TaskRuns created for stages",
             task_runs_created.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "taskruns_cancelled",
             "Running TaskRuns cancelled because their release ended",
             task_runs_cancelled.clone(),
         );
-        registry.register("releases", "ModelReleases by phase", releases.clone());
+        register(
+            &mut registry,
+            &mut names,
+            "releases",
+            "ModelReleases by phase",
+            releases.clone(),
+        );
         let rollouts = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "rollouts",
             "Rollouts that ended, by outcome and reason",
             rollouts.clone(),
         );
         let rescan_findings = Family::<StageLabels, Counter>::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "rescan_blocked",
             "Rescans whose gate now blocks the released image, by stage",
             rescan_findings.clone(),
         );
+        let phase_duration = Family::<PhaseLabels, Histogram>::new_with_constructor(long_histogram);
+        register(
+            &mut registry,
+            &mut names,
+            "phase_duration_seconds",
+            "Time a release spent in a phase, observed when it leaves it",
+            phase_duration.clone(),
+        );
+        let release_duration =
+            Family::<PhaseLabels, Histogram>::new_with_constructor(long_histogram);
+        register(
+            &mut registry,
+            &mut names,
+            "release_duration_seconds",
+            "Time from a release's creation to its end, by final phase",
+            release_duration.clone(),
+        );
+        let stage_duration = Family::<StageLabels, Histogram>::new_with_constructor(long_histogram);
+        register(
+            &mut registry,
+            &mut names,
+            "stage_duration_seconds",
+            "Wall time of a stage's TaskRun from creation to completion",
+            stage_duration.clone(),
+        );
+        let registry_duration = RegistryTimings::new_with_constructor(short_histogram);
+        register(
+            &mut registry,
+            &mut names,
+            "registry_request_duration_seconds",
+            "Duration of OCI registry requests by operation and result",
+            registry_duration.clone(),
+        );
+        let signing_queue = Gauge::default();
+        register(
+            &mut registry,
+            &mut names,
+            "signing_queue_depth",
+            "Signatures waiting for a signing slot",
+            signing_queue.clone(),
+        );
+        let signing_wait = short_histogram();
+        register(
+            &mut registry,
+            &mut names,
+            "signing_wait_seconds",
+            "Time a signature waited for a signing slot",
+            signing_wait.clone(),
+        );
+        let workqueue_depth = Family::<ControllerLabels, Gauge>::default();
+        register(
+            &mut registry,
+            &mut names,
+            "workqueue_depth",
+            "Objects triggered and not yet reconciled, by controller",
+            workqueue_depth.clone(),
+        );
         Self {
             registry,
+            phase_duration,
+            release_duration,
+            stage_duration,
+            registry_duration,
+            signing_queue,
+            signing_wait,
+            workqueue_depth,
             reconciles,
             failures,
             duration,
@@ -179,6 +334,7 @@ impl Default for Metrics {
             rescan_findings,
             releases,
             release_store: std::sync::RwLock::new(None),
+            names,
             leadership_lost,
         }
     }
@@ -192,6 +348,11 @@ impl Metrics {
             .release_store
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(store);
+    }
+
+    /// The names of every metric, without the `sluice_` prefix and the `_total` suffix.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
     }
 
     /// The text exposition of every metric.
@@ -251,5 +412,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"sluice_gate_verdicts_total{stage="sast",verdict="Blocked",category="FindingsOverLimit"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn every_metric_the_chart_dashboard_queries_is_exported() {
+        let dashboard = include_str!("../charts/sluice/dashboards/sluice.json");
+        let parsed: serde_json::Value = serde_json::from_str(dashboard).expect("dashboard JSON");
+        assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 10));
+        let metrics = Metrics::default();
+        let mut queried = 0;
+        for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let Some(name) = word.strip_prefix("sluice_") else {
+                continue;
+            };
+            let base = ["_bucket", "_count", "_sum", "_total"]
+                .iter()
+                .fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
+            assert!(
+                metrics.names().contains(&base),
+                "the dashboard queries sluice_{name}, which is not exported"
+            );
+            queried += 1;
+        }
+        assert!(queried >= 15, "{queried}");
     }
 }

@@ -25,9 +25,10 @@ use tracing::{error, info, warn};
 use crate::{
     api::{ModelRelease, SecurePipeline},
     leader::{Leadership, LeaseConfig},
-    metrics::{Metrics, SharedMetrics},
+    metrics::{ControllerLabels, Metrics, SharedMetrics},
     reconcile::{self, Context, caches::Caches},
     tekton::TaskRun,
+    workqueue::Pending,
 };
 
 /// Settings of `sluice run`.
@@ -291,76 +292,123 @@ async fn controllers(
     let siblings = caches.releases.clone();
     let by_deployment = caches.releases.clone();
     let by_pipeline = caches.releases.clone();
+    let queued = Arc::new(Pending::new(
+        caches.releases.clone(),
+        depth_gauge(&metrics, reconcile::release::CONTROLLER),
+    ));
+    let [q1, q2, q3, q4, q5, q6, q7] = std::array::from_fn(|_| queued.clone());
     // Each controller's runner waits for its own cache's first list (kube's `wait_until_ready`, one
     // waiter per cache); reconciles wait for all four through `Caches::ready`.
-    let release_loop = Controller::for_stream(feeds.releases.trigger(), caches.releases.clone())
-        .owns_stream(feeds.task_runs.trigger())
-        // Rescan TaskRuns carry no owner reference (the release's own stages never see them).
-        .watches_stream(feeds.task_runs.trigger(), |tr: TaskRun| {
-            let of = tr.labels().get(reconcile::rescan::LABEL_RESCAN_OF).cloned();
+    let release_loop = Controller::for_stream(
+        feeds.releases.trigger().inspect(move |r| {
+            if let Ok(r) = r {
+                q1.mark([ObjectRef::from_obj(r)]);
+            }
+        }),
+        caches.releases.clone(),
+    )
+    .owns_stream(feeds.task_runs.trigger().inspect(move |tr| {
+        if let Ok(tr) = tr {
+            q2.mark(owning_releases(tr));
+        }
+    }))
+    // Rescan TaskRuns carry no owner reference (the release's own stages never see them).
+    .watches_stream(feeds.task_runs.trigger(), move |tr: TaskRun| {
+        let of = tr.labels().get(reconcile::rescan::LABEL_RESCAN_OF).cloned();
+        q3.mark(
             tr.namespace()
                 .zip(of)
-                .map(|(ns, r)| ObjectRef::<ModelRelease>::new(&r).within(&ns))
-        })
-        .watches_stream(
-            feeds.pipelines.trigger(),
-            move |pipeline: SecurePipeline| {
-                let ns = pipeline.namespace();
-                let name = pipeline.name_any();
+                .map(|(ns, r)| ObjectRef::<ModelRelease>::new(&r).within(&ns)),
+        )
+    })
+    .watches_stream(
+        feeds.pipelines.trigger(),
+        move |pipeline: SecurePipeline| {
+            let ns = pipeline.namespace();
+            let name = pipeline.name_any();
+            q4.mark(
                 by_pipeline
                     .state()
                     .into_iter()
                     .filter(|r| r.namespace() == ns && r.spec.pipeline_ref.name == name)
-                    .map(|r| ObjectRef::from_obj(&*r))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches_stream(feeds.deployments.trigger(), move |dep: Deployment| {
-            reconcile::wakeups::after_deployment_change(&dep, &by_deployment.state())
-        })
-        // A release that ended may give the Deployment's turn to the next one.
-        .watches_stream(feeds.releases.trigger(), move |changed: ModelRelease| {
-            reconcile::wakeups::after_release_change(&changed, &siblings.state())
-        })
-        .graceful_shutdown_on({
-            let s = stop.clone();
-            async move { s.wait().await }
-        })
-        .run(
-            reconcile::release::reconcile,
-            |obj, e, ctx| {
-                let failures = ctx.failures.get(&reconcile::object_key(&*obj));
-                reconcile::error_policy(reconcile::release::CONTROLLER, e, failures, &ctx.metrics)
-            },
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
-    let pipeline_loop = Controller::for_stream(feeds.pipelines.trigger(), caches.pipelines.clone())
-        // Only rescans concern the pipeline; a release's stages reach it through the release.
-        .watches_stream(feeds.task_runs.trigger(), |tr: TaskRun| {
-            let rescan = tr.labels().contains_key(reconcile::rescan::LABEL_RESCAN_OF);
-            let pipeline = tr.labels().get(crate::api::LABEL_PIPELINE).cloned();
+                    .map(|r| ObjectRef::from_obj(&*r)),
+            )
+        },
+    )
+    .watches_stream(feeds.deployments.trigger(), move |dep: Deployment| {
+        q5.mark(reconcile::wakeups::after_deployment_change(
+            &dep,
+            &by_deployment.state(),
+        ))
+    })
+    // A release that ended may give the Deployment's turn to the next one.
+    .watches_stream(feeds.releases.trigger(), move |changed: ModelRelease| {
+        q6.mark(reconcile::wakeups::after_release_change(
+            &changed,
+            &siblings.state(),
+        ))
+    })
+    .graceful_shutdown_on({
+        let s = stop.clone();
+        async move { s.wait().await }
+    })
+    .run(
+        move |obj, ctx| {
+            q7.started(&ObjectRef::from_obj(&*obj));
+            reconcile::release::reconcile(obj, ctx)
+        },
+        |obj, e, ctx| {
+            let failures = ctx.failures.get(&reconcile::object_key(&*obj));
+            reconcile::error_policy(reconcile::release::CONTROLLER, e, failures, &ctx.metrics)
+        },
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+    let queued = Arc::new(Pending::new(
+        caches.pipelines.clone(),
+        depth_gauge(&metrics, reconcile::pipeline::CONTROLLER),
+    ));
+    let [q1, q2, q3, q4] = std::array::from_fn(|_| queued.clone());
+    let pipeline_loop = Controller::for_stream(
+        feeds.pipelines.trigger().inspect(move |p| {
+            if let Ok(p) = p {
+                q1.mark([ObjectRef::from_obj(p)]);
+            }
+        }),
+        caches.pipelines.clone(),
+    )
+    // Only rescans concern the pipeline; a release's stages reach it through the release.
+    .watches_stream(feeds.task_runs.trigger(), move |tr: TaskRun| {
+        let rescan = tr.labels().contains_key(reconcile::rescan::LABEL_RESCAN_OF);
+        let pipeline = tr.labels().get(crate::api::LABEL_PIPELINE).cloned();
+        q2.mark(
             tr.namespace()
                 .zip(pipeline.filter(|_| rescan))
-                .map(|(ns, p)| ObjectRef::<SecurePipeline>::new(&p).within(&ns))
-        })
-        .watches_stream(feeds.releases.trigger(), |r: ModelRelease| {
-            r.namespace()
-                .map(|ns| ObjectRef::<SecurePipeline>::new(&r.spec.pipeline_ref.name).within(&ns))
-        })
-        .graceful_shutdown_on({
-            let s = stop.clone();
-            async move { s.wait().await }
-        })
-        .run(
-            reconcile::pipeline::reconcile,
-            |obj, e, ctx| {
-                let failures = ctx.failures.get(&reconcile::object_key(&*obj));
-                reconcile::error_policy(reconcile::pipeline::CONTROLLER, e, failures, &ctx.metrics)
-            },
-            ctx,
+                .map(|(ns, p)| ObjectRef::<SecurePipeline>::new(&p).within(&ns)),
         )
-        .for_each(|_| async {});
+    })
+    .watches_stream(feeds.releases.trigger(), move |r: ModelRelease| {
+        q3.mark(
+            r.namespace()
+                .map(|ns| ObjectRef::<SecurePipeline>::new(&r.spec.pipeline_ref.name).within(&ns)),
+        )
+    })
+    .graceful_shutdown_on({
+        let s = stop.clone();
+        async move { s.wait().await }
+    })
+    .run(
+        move |obj, ctx| {
+            q4.started(&ObjectRef::from_obj(&*obj));
+            reconcile::pipeline::reconcile(obj, ctx)
+        },
+        |obj, e, ctx| {
+            let failures = ctx.failures.get(&reconcile::object_key(&*obj));
+            reconcile::error_policy(reconcile::pipeline::CONTROLLER, e, failures, &ctx.metrics)
+        },
+        ctx,
+    )
+    .for_each(|_| async {});
     let task_run_config = watch_config().labels(crate::api::LABEL_PIPELINE);
     let Feeds {
         releases,
@@ -383,6 +431,27 @@ async fn controllers(
         () = watches => {},
     }
     info!("controllers stopped");
+}
+
+/// The work-queue depth gauge of `controller`.
+fn depth_gauge(
+    metrics: &Metrics,
+    controller: &'static str,
+) -> prometheus_client::metrics::gauge::Gauge {
+    metrics
+        .workqueue_depth
+        .get_or_create(&ControllerLabels { controller })
+        .clone()
+}
+
+/// The releases a TaskRun's owner references name (what `owns_stream` triggers).
+fn owning_releases(tr: &TaskRun) -> Vec<ObjectRef<ModelRelease>> {
+    let ns = tr.namespace().unwrap_or_default();
+    tr.owner_references()
+        .iter()
+        .filter(|o| o.kind == "ModelRelease")
+        .map(|o| ObjectRef::new(&o.name).within(&ns))
+        .collect()
 }
 
 /// Seconds the API server keeps one watch open before it ends it cleanly.

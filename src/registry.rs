@@ -8,7 +8,12 @@ use oci_client::{
     secrets::RegistryAuth,
 };
 
-use crate::signing::{DSSE_MEDIA_TYPE, SIMPLE_SIGNING_MEDIA_TYPE};
+use std::time::Instant;
+
+use crate::{
+    metrics::{RegistryLabels, RegistryTimings},
+    signing::{DSSE_MEDIA_TYPE, SIMPLE_SIGNING_MEDIA_TYPE},
+};
 
 /// The two artifacts cosign attaches to an image digest, each under its own tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +81,7 @@ impl RegistryError {
 pub struct Registry {
     client: Client,
     auth: RegistryAuth,
+    timings: Option<RegistryTimings>,
 }
 
 /// Whether a registry host is on the loopback interface (plain HTTP, as go-containerregistry does).
@@ -94,6 +100,25 @@ impl Registry {
         Self {
             client: Client::new(config),
             auth,
+            timings: None,
+        }
+    }
+
+    /// The same client, recording each request's duration in `timings`.
+    #[must_use]
+    pub fn timed(mut self, timings: RegistryTimings) -> Self {
+        self.timings = Some(timings);
+        self
+    }
+
+    fn observe<T, E>(&self, operation: &'static str, started: Instant, result: &Result<T, E>) {
+        if let Some(t) = &self.timings {
+            let labels = RegistryLabels {
+                operation,
+                result: if result.is_ok() { "ok" } else { "error" },
+            };
+            t.get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
         }
     }
 
@@ -129,10 +154,10 @@ impl Registry {
     /// The digest the manifest `reference` (usually a tag) names now.
     pub async fn resolve_digest(&self, reference: &str) -> Result<String, RegistryError> {
         let parsed = Self::reference(reference)?;
-        self.client
-            .fetch_manifest_digest(&parsed, &self.auth)
-            .await
-            .map_err(|e| classify(reference, e))
+        let started = Instant::now();
+        let result = self.client.fetch_manifest_digest(&parsed, &self.auth).await;
+        self.observe("resolve", started, &result);
+        result.map_err(|e| classify(reference, e))
     }
 
     /// The layers of the `kind` artifact attached to `repo@digest`, or none when it does not exist.
@@ -142,40 +167,76 @@ impl Registry {
         repo: &str,
         digest: &str,
     ) -> Result<Vec<ImageLayer>, RegistryError> {
+        Ok(self.attached(kind, repo, digest).await?.layers)
+    }
+
+    /// The `kind` artifact attached to `repo@digest` with its manifest digest, or an empty one.
+    pub async fn attached(
+        &self,
+        kind: Attached,
+        repo: &str,
+        digest: &str,
+    ) -> Result<AttachedArtifact, RegistryError> {
         let tag = kind.tag(repo, digest);
         let reference = Self::reference(&tag)?;
-        match self
+        let started = Instant::now();
+        let pulled = self
             .client
             .pull(&reference, &self.auth, vec![kind.media_type()])
-            .await
-        {
-            Ok(image) => Ok(image.layers),
+            .await;
+        self.observe("pull", started, &pulled);
+        match pulled {
+            Ok(image) => Ok(AttachedArtifact {
+                layers: image.layers,
+                manifest_digest: image.digest.filter(|d| d.starts_with("sha256:")),
+            }),
             Err(e) => match classify(&tag, e) {
-                RegistryError::NotFound(_) => Ok(Vec::new()),
+                RegistryError::NotFound(_) => Ok(AttachedArtifact::default()),
                 other => Err(other),
             },
         }
     }
 
-    /// Pushes the `kind` artifact of `repo@digest` with exactly these layers.
+    /// Pushes the `kind` artifact of `repo@digest` with exactly these layers; returns the digest
+    /// of the manifest pushed when the registry says it (its `Location`), as registries do.
     pub async fn push_attached_layers(
         &self,
         kind: Attached,
         repo: &str,
         digest: &str,
         layers: Vec<ImageLayer>,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<Option<String>, RegistryError> {
         let tag = kind.tag(repo, digest);
         let reference = Self::reference(&tag)?;
         let config = Config::oci_v1(b"{}".to_vec(), None);
         let mut manifest = OciImageManifest::build(&layers, &config, None);
         manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
-        self.client
+        let started = Instant::now();
+        let pushed = self
+            .client
             .push(&reference, &layers, config, &self.auth, Some(manifest))
-            .await
-            .map(|_| ())
+            .await;
+        self.observe("push", started, &pushed);
+        pushed
+            .map(|pushed| manifest_digest_of(&pushed.manifest_url))
             .map_err(|e| classify(&tag, e))
     }
+}
+
+/// An artifact attached to an image (`.sig`, `.att`): its layers and manifest digest.
+#[derive(Debug, Default)]
+pub struct AttachedArtifact {
+    /// The layers, in manifest order.
+    pub layers: Vec<ImageLayer>,
+    /// `sha256:<hex>` of the manifest, when it exists.
+    pub manifest_digest: Option<String>,
+}
+
+/// The `sha256:<hex>` a manifest URL ends with (`…/manifests/sha256:<hex>`), if it does.
+fn manifest_digest_of(url: &str) -> Option<String> {
+    let last = url.rsplit('/').next()?;
+    let hex = last.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| last.to_string())
 }
 
 fn classify(reference: &str, e: OciDistributionError) -> RegistryError {
@@ -222,5 +283,20 @@ mod tests {
         assert!(is_loopback("localhost"));
         assert!(!is_loopback("registry.example:5000"));
         assert!(!is_loopback("10.0.0.1:5000"));
+    }
+
+    #[test]
+    fn the_pushed_manifest_digest_comes_from_a_location_by_digest_only() {
+        let hex = "a".repeat(64);
+        let url = format!("http://127.0.0.1:35000/v2/evip/predictor/manifests/sha256:{hex}");
+        assert_eq!(manifest_digest_of(&url), Some(format!("sha256:{hex}")));
+        assert_eq!(
+            manifest_digest_of("http://r/v2/evip/predictor/manifests/sha256-x.sig"),
+            None
+        );
+        assert_eq!(
+            manifest_digest_of("http://r/v2/x/manifests/sha256:abc"),
+            None
+        );
     }
 }

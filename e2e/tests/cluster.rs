@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::PostParams;
 use serde_json::json;
 use sluice::api::Phase;
-use sluice_e2e::{POLL, TestNamespace, clean_sims, eventually, state_dir};
+use sluice_e2e::{ENDED, POLL, Sim, TestNamespace, clean_sims, eventually, state_dir};
 
 fn status(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("curl")
@@ -104,6 +104,97 @@ async fn metrics_report_verdicts_taskruns_and_phases() -> anyhow::Result<()> {
         .and_then(|n| n.parse::<i64>().ok())
         .unwrap_or(0);
     assert!(signing >= 1, "{text}");
+    Ok(())
+}
+
+fn metrics_text() -> anyhow::Result<String> {
+    let port = std::env::var("SLUICE_OPERATOR_PORT").unwrap_or_else(|_| "38080".into());
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "curl /metrics failed");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value of the sample line starting with `prefix` (name and labels), 0 when absent.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_release_is_timed_by_stage_phase_and_registry_request() -> anyhow::Result<()> {
+    let ns = TestNamespace::new("timing").await?;
+    ns.with_signing_key("timing-pw")?;
+    ns.target("127.0.0.1:35000/evip/predictor:stable", 60)
+        .await?;
+    let digest = ns.push_image("timing")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    ns.release("predictor-62", &sims).await?;
+    let r = ns
+        .wait_phase("predictor-62", &ENDED, Duration::from_secs(120))
+        .await?;
+    let status = r.status.unwrap_or_default();
+    assert_eq!(status.phase, Phase::Released, "{:?}", status.conditions);
+    // Entered Released after it was created.
+    let since: jiff::Timestamp = status.phase_since.as_deref().unwrap_or_default().parse()?;
+    let created = r
+        .metadata
+        .creation_timestamp
+        .map(|t| t.0)
+        .unwrap_or_default();
+    assert!(
+        since >= created,
+        "phaseSince {since} before creation {created}"
+    );
+    // The signature manifest recorded is the one the registry holds.
+    let signature = status.signature.expect("signature");
+    let crane = sluice_e2e::tool("crane")?;
+    let held = sluice_e2e::run_program(&crane, &["digest", &signature.reference], None)?;
+    assert_eq!(signature.manifest_digest.as_deref(), Some(held.trim()));
+
+    let text = metrics_text()?;
+    for stage in ["unit-tests", "dependency-audit", "build"] {
+        let count = sample(
+            &text,
+            &format!(r#"sluice_stage_duration_seconds_count{{stage="{stage}"}}"#),
+        );
+        assert!(count >= 1.0, "stage {stage} timed: {text}");
+    }
+    for phase in ["Running", "Signing", "RollingOut"] {
+        let count = sample(
+            &text,
+            &format!(r#"sluice_phase_duration_seconds_count{{phase="{phase}"}}"#),
+        );
+        assert!(count >= 1.0, "time in {phase}: {text}");
+    }
+    assert!(
+        sample(
+            &text,
+            r#"sluice_release_duration_seconds_count{phase="Released"}"#
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            r#"sluice_registry_request_duration_seconds_count{operation="push",result="ok"}"#
+        ) >= 2.0,
+        "a signature and an attestation pushed: {text}"
+    );
+    assert!(text.contains("sluice_signing_queue_depth "), "{text}");
+    assert!(
+        text.contains("sluice_signing_wait_seconds_count "),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"sluice_workqueue_depth{controller="modelrelease"}"#),
+        "{text}"
+    );
     Ok(())
 }
 

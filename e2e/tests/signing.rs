@@ -2,6 +2,7 @@
 //! and `sluice verify` rejects what it must.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
@@ -9,7 +10,7 @@ use std::{
 use oci_client::secrets::RegistryAuth;
 use sluice::{
     registry::{Attached, Registry},
-    signing::payload::signature_tag,
+    signing::{self, Signer, keys::KeyPairSigner, payload::signature_tag},
 };
 use sluice_e2e::{repo_dir, state_dir};
 
@@ -401,5 +402,45 @@ async fn a_sluice_key_secret_attests_through_cosign_and_sluice_verifies_the_atte
         "",
     )?;
     assert!(!rejected.status.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_signature_manifest_pushed_is_recorded_and_a_later_change_is_seen() -> anyhow::Result<()>
+{
+    let w = Workdir::new("manifest")?;
+    let (repo, digest) = w.push_image("app", "v7")?;
+    sluice::install_crypto_provider();
+    let registry = Registry::for_repository(&repo, false, RegistryAuth::Anonymous);
+    let (signer, _) = KeyPairSigner::generate()?;
+    let annotations = BTreeMap::from([("sluice.dev/release".to_string(), "p-7".to_string())]);
+    let signed = signing::sign_image(&registry, &signer, &repo, &digest, &annotations).await?;
+    let held = w.ok(&w.tool("crane"), &["digest", &signed.reference], "")?;
+    assert_eq!(signed.manifest_digest.as_deref(), Some(held.trim()));
+    let pushed = signed.manifest_digest.clone().unwrap_or_default();
+    assert!(signing::signature_unchanged(&registry, &repo, &digest, &pushed).await?);
+    // Signing again pushes nothing and reports the same manifest.
+    let again = signing::sign_image(&registry, &signer, &repo, &digest, &annotations).await?;
+    assert!(again.already_signed);
+    assert_eq!(again.manifest_digest, signed.manifest_digest);
+    // cosign appends its own signature: the tag moved, so the next check must fetch again.
+    w.ok(&w.tool("cosign"), &["generate-key-pair"], "pw")?;
+    w.ok(
+        &w.tool("cosign"),
+        &[
+            "sign",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--yes",
+            &format!("{repo}@{digest}"),
+        ],
+        "pw",
+    )?;
+    assert_eq!(w.signature_layer_count(&repo, &digest)?, 2);
+    assert!(!signing::signature_unchanged(&registry, &repo, &digest, &pushed).await?);
+    // Both signatures still verify in full.
+    signing::verify_image(&registry, signer.public_key_pem(), &repo, &digest).await?;
     Ok(())
 }

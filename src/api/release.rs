@@ -339,6 +339,9 @@ pub struct SignatureRef {
     pub key_id: String,
     /// When the image was signed (RFC 3339).
     pub signed_at: String,
+    /// Digest of the signature manifest as pushed; while the signature tag still names it, the check before the rollout needs no second fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
 }
 
 /// Observed state of a ModelRelease.
@@ -348,6 +351,9 @@ pub struct ModelReleaseStatus {
     /// Where the release stands.
     #[serde(default)]
     pub phase: Phase,
+    /// When the release entered its phase (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<String>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

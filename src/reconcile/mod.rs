@@ -3,6 +3,7 @@
 
 pub mod caches;
 pub mod history;
+pub mod phase_clock;
 pub mod pipeline;
 pub mod release;
 pub mod release_plan;
@@ -58,12 +59,12 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            signing: signing_pool::SigningPool::new(metrics.clone()),
             metrics,
             now: Timestamp::now,
             insecure_registries: Vec::new(),
             failures: FailureCounts::default(),
             caches: None,
-            signing: signing_pool::SigningPool::default(),
         }
     }
 

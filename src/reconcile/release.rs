@@ -94,7 +94,14 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
         ctx.metrics.task_runs_created.inc();
     }
     if release.status.as_ref() != Some(&plan.status) {
-        writer.write(&plan.status).await?;
+        super::phase_clock::write(
+            &writer,
+            release,
+            &mut plan.status,
+            (ctx.now)(),
+            &ctx.metrics,
+        )
+        .await?;
     }
     // After the status that ended the release is stored: a crash in between only repeats this.
     cancel_task_runs(ctx, release, &task_runs, &plan.status, &seen).await?;
@@ -105,11 +112,48 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
             category,
         };
         ctx.metrics.verdicts.get_or_create(&labels).inc();
+        observe_stage_duration(ctx, &plan.status, stage, &seen);
     }
     for n in plan.notices {
         n.emit(ctx, release, "Reconcile", None).await;
     }
     Ok(next_action(&plan.status, pipeline.is_some()))
+}
+
+/// Records the wall time of the TaskRun that decided `stage`: from its creation (what the
+/// release waited for, pod scheduling included) to Tekton's completion time.
+fn observe_stage_duration(
+    ctx: &Ctx,
+    status: &crate::api::ModelReleaseStatus,
+    stage: &str,
+    seen: &[TaskRun],
+) {
+    let Some(name) = status
+        .stages
+        .iter()
+        .find(|s| s.name == stage)
+        .and_then(|s| s.task_run.as_deref())
+    else {
+        return;
+    };
+    let Some(tr) = seen.iter().find(|tr| tr.name_any() == name) else {
+        return;
+    };
+    let created = tr.creation_timestamp().map(|t| t.0);
+    let completed = tr
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_deref())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    if let Some((created, completed)) = created.zip(completed) {
+        let millis = (completed.as_millisecond() - created.as_millisecond()).max(0);
+        ctx.metrics
+            .stage_duration
+            .get_or_create(&crate::metrics::StageLabels {
+                stage: stage.to_string(),
+            })
+            .observe(millis as f64 / 1000.0);
+    }
 }
 
 /// Signs once every gate passed and no signature is recorded; folds the outcome into the plan.

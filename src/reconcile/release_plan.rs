@@ -809,6 +809,7 @@ mod tests {
             attestation: None,
             key_id: "sha256:ab".into(),
             signed_at: "2026-11-23T12:00:00Z".into(),
+            manifest_digest: None,
         });
         release.status = Some(status);
         let signed = plan_at_fixture_time(&release, &trs);

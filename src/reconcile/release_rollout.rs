@@ -176,8 +176,9 @@ impl<'a> Rollout<'a> {
     }
 
     /// Writes the status now, before touching the Deployment.
-    async fn persist(&self) -> Result<(), Error> {
-        self.writer.write(self.status).await
+    async fn persist(&mut self) -> Result<(), Error> {
+        let metrics = &self.ctx.metrics;
+        super::phase_clock::write(self.writer, self.release, self.status, self.now, metrics).await
     }
 
     /// Server-side applies the container image (and release annotation) under Sluice's manager.

@@ -90,6 +90,7 @@ pub async fn sign(
         attestation: Some(attested.reference),
         key_id: signer.key_id().to_string(),
         signed_at: (ctx.now)().to_string(),
+        manifest_digest: signed.manifest_digest,
     })
 }
 
@@ -205,6 +206,9 @@ pub async fn verify(
     };
     let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
     let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
+    if signed_as_recorded(&registry, release, &public, image).await {
+        return Ok(());
+    }
     signing::verify_image(&registry, &public, &image.repository, &image.digest)
         .await
         .map(|_| ())
@@ -216,6 +220,31 @@ pub async fn verify(
             },
             other => failure(other.category(), other.to_string()),
         })
+}
+
+/// Whether the release's own signature, verified when it was pushed, is still there untouched:
+/// the same key and a signature tag naming the very manifest pushed (content-addressed, so
+/// nothing was added, removed or replaced). Then the full fetch is not needed; any doubt (an
+/// older status without the digest, another key, a moved tag, a registry error) falls back to it.
+async fn signed_as_recorded(
+    registry: &Registry,
+    release: &ModelRelease,
+    public_key_pem: &str,
+    image: &ImageRef,
+) -> bool {
+    let Some(recorded) = release.status.as_ref().and_then(|s| s.signature.as_ref()) else {
+        return false;
+    };
+    let Some(pushed) = &recorded.manifest_digest else {
+        return false;
+    };
+    let same_key =
+        signing::keys::key_id_of_pem(public_key_pem).is_some_and(|k| k == recorded.key_id);
+    same_key
+        && recorded.reference == signing::payload::signature_tag(&image.repository, &image.digest)
+        && signing::signature_unchanged(registry, &image.repository, &image.digest, pushed)
+            .await
+            .unwrap_or(false)
 }
 
 /// The annotations that tie a signature to its release.

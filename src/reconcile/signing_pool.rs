@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::{
+    metrics::SharedMetrics,
     registry::Registry,
     signing::{SigningError, keys::KeyPairSigner},
 };
@@ -50,19 +51,20 @@ pub struct SigningPool {
     // Keyed by a hash of the credentials, never the credentials themselves.
     registries: Mutex<HashMap<[u8; 32], Registry>>,
     slots: Semaphore,
+    metrics: SharedMetrics,
 }
 
-impl Default for SigningPool {
-    fn default() -> Self {
+impl SigningPool {
+    /// An empty pool whose registry clients and slots report to `metrics`.
+    pub fn new(metrics: SharedMetrics) -> Self {
         Self {
             signers: Mutex::default(),
             registries: Mutex::default(),
             slots: Semaphore::new(SIGNING_SLOTS),
+            metrics,
         }
     }
-}
 
-impl SigningPool {
     /// The signer of `secret`'s key, decrypted with `decrypt` on a blocking thread the first time
     /// this version of the Secret is seen.
     pub async fn signer(
@@ -102,13 +104,23 @@ impl SigningPool {
         }
         registries
             .entry(key)
-            .or_insert_with(|| Registry::new(insecure_hosts.to_vec(), auth))
+            .or_insert_with(|| {
+                Registry::new(insecure_hosts.to_vec(), auth)
+                    .timed(self.metrics.registry_duration.clone())
+            })
             .clone()
     }
 
     /// Waits for a signing slot; signatures beyond `SIGNING_SLOTS` queue in arrival order.
     pub async fn slot(&self) -> Option<SemaphorePermit<'_>> {
-        self.slots.acquire().await.ok()
+        let started = std::time::Instant::now();
+        self.metrics.signing_queue.inc();
+        let permit = self.slots.acquire().await.ok();
+        self.metrics.signing_queue.dec();
+        self.metrics
+            .signing_wait
+            .observe(started.elapsed().as_secs_f64());
+        permit
     }
 
     fn lock_signers(

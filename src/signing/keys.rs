@@ -98,6 +98,20 @@ pub fn key_id(public_key_der: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
+/// The key id (`key_id`) of a PEM public key, `None` when it is not one.
+pub fn key_id_of_pem(public_key_pem: &str) -> Option<String> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let mut lines = public_key_pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    if lines.next()? != "-----BEGIN PUBLIC KEY-----" {
+        return None;
+    }
+    let body: String = lines.take_while(|l| !l.starts_with("-----END")).collect();
+    STANDARD.decode(body).ok().map(|der| key_id(&der))
+}
+
 /// A verification key from `cosign.pub`.
 pub fn verification_key(public_key_pem: &str) -> Result<CosignVerificationKey, SigningError> {
     CosignVerificationKey::from_pem(
@@ -141,6 +155,16 @@ mod tests {
             key.verify_signature(sigstore::crypto::Signature::Raw(&sig), b"other")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_key_id_of_a_public_pem_is_the_signers() {
+        let (signer, _) = KeyPairSigner::generate().expect("generate");
+        assert_eq!(
+            key_id_of_pem(signer.public_key_pem()).as_deref(),
+            Some(signer.key_id())
+        );
+        assert_eq!(key_id_of_pem("not a key"), None);
     }
 
     #[test]

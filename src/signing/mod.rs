@@ -65,6 +65,8 @@ pub struct SignedImage {
     pub reference: String,
     /// Whether an identical signature by this key was already there (nothing was pushed).
     pub already_signed: bool,
+    /// `sha256:<hex>` of the `.sig` manifest holding the signature, when the registry said it.
+    pub manifest_digest: Option<String>,
 }
 
 /// Signs `repo@digest` and stores the signature where cosign does, keeping other signatures.
@@ -80,9 +82,8 @@ pub async fn sign_image(
     registry.require_manifest(repo, digest).await?;
     let payload = payload::simple_signing(repo, digest, annotations);
     let reference = payload::signature_tag(repo, digest);
-    let mut layers = registry
-        .attached_layers(Attached::Signature, repo, digest)
-        .await?;
+    let existing = registry.attached(Attached::Signature, repo, digest).await?;
+    let mut layers = existing.layers;
     let key = keys::verification_key(signer.public_key_pem())?;
     if layers
         .iter()
@@ -91,6 +92,7 @@ pub async fn sign_image(
         return Ok(SignedImage {
             reference,
             already_signed: true,
+            manifest_digest: existing.manifest_digest,
         });
     }
     let signature = BASE64.encode(signer.sign(&payload)?);
@@ -100,12 +102,13 @@ pub async fn sign_image(
         SIMPLE_SIGNING_MEDIA_TYPE.into(),
         Some(annotations),
     ));
-    registry
+    let manifest_digest = registry
         .push_attached_layers(Attached::Signature, repo, digest, layers)
         .await?;
     Ok(SignedImage {
         reference,
         already_signed: false,
+        manifest_digest,
     })
 }
 
@@ -114,6 +117,20 @@ pub async fn sign_image(
 pub struct Verified {
     /// The annotations (`optional`) of the verified payload.
     pub annotations: BTreeMap<String, String>,
+}
+
+/// Whether the `.sig` of `repo@digest` is still exactly the manifest `pushed` (one HEAD request):
+/// a signature verified when it was pushed needs no second full fetch while the tag has not moved.
+pub async fn signature_unchanged(
+    registry: &Registry,
+    repo: &str,
+    digest: &str,
+    pushed: &str,
+) -> Result<bool, SigningError> {
+    let now = registry
+        .resolve_digest(&payload::signature_tag(repo, digest))
+        .await?;
+    Ok(now == pushed)
 }
 
 /// Fetches the `.sig` of `repo@digest` from the registry and checks that one of its layers is a
