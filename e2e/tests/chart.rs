@@ -240,7 +240,10 @@ fn the_chart_ships_the_grafana_dashboard_as_a_sidecar_configmap() -> anyhow::Res
     let shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         repo_dir().join("charts/sluice/dashboards/sluice.json"),
     )?)?;
-    assert_eq!(dashboard, shipped, "the ConfigMap holds the dashboard unchanged");
+    assert_eq!(
+        dashboard, shipped,
+        "the ConfigMap holds the dashboard unchanged"
+    );
     // The API server accepts it (a namespace that exists: the rendered one is the user's choice).
     dry_run(&rendered.replace("namespace: monitoring", "namespace: default"))?;
     Ok(())

@@ -441,6 +441,7 @@ async fn the_signature_manifest_pushed_is_recorded_and_a_later_change_is_seen() 
     assert_eq!(w.signature_layer_count(&repo, &digest)?, 2);
     assert!(!signing::signature_unchanged(&registry, &repo, &digest, &pushed).await?);
     // Both signatures still verify in full.
-    signing::verify_image(&registry, signer.public_key_pem(), &repo, &digest).await?;
+    let trust = signing::Trust::Key(signer.public_key_pem().to_string());
+    signing::verify_image(&registry, &trust, &repo, &digest).await?;
     Ok(())
 }

@@ -406,12 +406,46 @@ pub struct SeverityLimits {
     pub unknown: Option<u32>,
 }
 
-/// The cosign key pair that signs released images.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// The key that signs released images: exactly one of a cosign key pair or an x509 key with its certificate chain.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.secretRef), has(self.x509)].filter(x, x).size() == 1").message("spec.signing needs exactly one signer: secretRef (a cosign key pair) or x509 (a private key with its certificate chain)"))]
 pub struct SigningSpec {
     /// Secret with cosign.key, cosign.password and cosign.pub, as `cosign generate-key-pair k8s://` writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectRef>,
+    /// A private key and its certificate chain; the signature carries the certificate and chain, as cosign's does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<X509Signing>,
+}
+
+/// Signing with an x509 certificate, without a transparency log.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct X509Signing {
+    /// Secret with x509.pem (the PKCS#8 or SEC1 ECDSA P-256 private key, optionally followed by the certificate and its chain, as Tekton Chains lays it out), and optionally cert.pem (the leaf certificate) and chain.pem (intermediates, then the root).
     pub secret_ref: LocalObjectRef,
+}
+
+/// Which signer `spec.signing` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SignerKind {
+    /// A cosign key pair.
+    CosignKey,
+    /// An x509 key and certificate chain.
+    X509,
+}
+
+impl SigningSpec {
+    /// The signer and the Secret holding its material.
+    pub fn signer(&self) -> (SignerKind, &str) {
+        match (&self.secret_ref, &self.x509) {
+            (_, Some(x)) => (SignerKind::X509, x.secret_ref.name.as_str()),
+            (Some(r), None) => (SignerKind::CosignKey, r.name.as_str()),
+            // Admission refuses this; an empty name reads as a missing Secret.
+            (None, None) => (SignerKind::CosignKey, ""),
+        }
+    }
 }
 
 /// An accepted risk: one finding ID that does not count against gates until it expires.

@@ -152,7 +152,13 @@ pub async fn verify(
     let (repo, digest) = split_image(image)?;
     let public = fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
     let registry = Registry::for_repository(repo, allow_http, RegistryAuth::Anonymous);
-    let verified = signing::verify_image(&registry, &public, repo, digest).await?;
+    let verified = signing::verify_image(
+        &registry,
+        &signing::Trust::Key(public.clone()),
+        repo,
+        digest,
+    )
+    .await?;
     eprintln!("Verified {repo}@{digest}: signed by the given key");
     println!("{}", serde_json::to_string(&verified.annotations)?);
     if attestation {

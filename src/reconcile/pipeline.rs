@@ -11,6 +11,7 @@ use crate::{
     api::{
         SecurePipeline, SecurePipelineStatus,
         conditions::{self, Health, reason},
+        pipeline::{SignerKind, SigningSpec},
     },
     tekton::Task,
 };
@@ -97,7 +98,7 @@ async fn dereference(pipeline: &SecurePipeline, ctx: &Ctx, ns: &str) -> Result<R
         // Metadata only: the key material never leaves the API server here.
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         refs.signing_secret_missing = secrets
-            .get_metadata_opt(&signing.secret_ref.name)
+            .get_metadata_opt(signing.signer().1)
             .await
             .map_err(api("get-secret"))?
             .is_none();
@@ -151,10 +152,10 @@ pub fn build_status(
         })
         .or_else(|| {
             refs.signing_secret_missing.then(|| {
-                let secret = pipeline.spec.signing.as_ref().map(|s| s.secret_ref.name.clone()).unwrap_or_default();
+                let (kind, secret) = pipeline.spec.signing.as_ref().map_or((SignerKind::CosignKey, ""), SigningSpec::signer);
                 (
                     reason::SIGNING_SECRET_NOT_FOUND,
-                    format!("SecurePipeline {name}: signing Secret {secret} not found; create it with `cosign generate-key-pair k8s://<namespace>/{secret}`"),
+                    format!("SecurePipeline {name}: signing Secret {secret} not found; {}", secret_hint(kind, secret)),
                 )
             })
         });
@@ -171,6 +172,18 @@ pub fn build_status(
     status.stage_count = u32::try_from(pipeline.spec.stages.len()).ok();
     status.last_release = refs.last_release.clone();
     status
+}
+
+/// How to create the signing Secret a pipeline names.
+pub fn secret_hint(kind: SignerKind, secret: &str) -> String {
+    match kind {
+        SignerKind::CosignKey => {
+            format!("create it with `cosign generate-key-pair k8s://<namespace>/{secret}`")
+        }
+        SignerKind::X509 => format!(
+            "create it with `kubectl create secret generic {secret} --from-file=x509.pem=<key.pem> --from-file=cert.pem=<cert.pem> --from-file=chain.pem=<chain.pem>`"
+        ),
+    }
 }
 
 #[cfg(test)]

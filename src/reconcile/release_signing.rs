@@ -1,7 +1,7 @@
 //! The signing step of a release: key from the pipeline's Secret, registry credentials from its
 //! dockerconfigjson Secret, then sign and push. Key material and passwords stay in memory only.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use k8s_openapi::api::core::v1::Secret;
@@ -14,13 +14,15 @@ use crate::{
     api::{
         ModelRelease, SecurePipeline,
         conditions::reason,
+        pipeline::SignerKind,
         release::{ImageRef, SignatureRef, StageStatus},
     },
     registry::Registry,
     signing::{
-        self, Signer, SigningError,
+        self, SharedSigner, SigningError, Trust,
         attestation::{self, GATES_PREDICATE_TYPE, Statement},
         keys::KeyPairSigner,
+        x509::X509Signer,
     },
 };
 
@@ -52,12 +54,11 @@ pub async fn sign(
     stages: &[StageStatus],
 ) -> Result<SignatureRef, SigningFailure> {
     let ns = release.namespace().unwrap_or_default();
-    let (secret_name, secret) = signing_secret(ctx, pipeline, &ns).await?;
-    let signer = ctx
-        .signing
-        .signer(&secret, signer_from_secret)
-        .await
-        .map_err(|e| failure(e.category(), format!("signing Secret {secret_name}: {e}")))?;
+    let signer = pipeline_signer(ctx, pipeline, &ns).await?;
+    // An expired (or not yet valid) certificate signs nothing: verifiers would refuse it.
+    signer
+        .usable_at((ctx.now)())
+        .map_err(|e| failure(e.category(), e.to_string()))?;
     let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
     let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
     let annotations = annotations(release, pipeline);
@@ -96,14 +97,15 @@ pub async fn sign(
 
 async fn sign_and_attest(
     registry: &Registry,
-    signer: &KeyPairSigner,
+    signer: &SharedSigner,
     image: &ImageRef,
     annotations: &BTreeMap<String, String>,
     statement: &Statement,
 ) -> Result<(signing::SignedImage, attestation::Attested), SigningError> {
     let (repo, digest) = (&image.repository, &image.digest);
-    let signed = signing::sign_image(registry, signer, repo, digest, annotations).await?;
-    let attested = attestation::attest_image(registry, signer, repo, digest, statement).await?;
+    let signed = signing::sign_image(registry, signer.as_ref(), repo, digest, annotations).await?;
+    let attested =
+        attestation::attest_image(registry, signer.as_ref(), repo, digest, statement).await?;
     Ok((signed, attested))
 }
 
@@ -153,34 +155,56 @@ pub fn gates_predicate(
     })
 }
 
+/// The pipeline's signer: its Secret read (fresh: a rotated key takes effect at once), its
+/// material loaded once per Secret version.
+async fn pipeline_signer(
+    ctx: &Ctx,
+    pipeline: &SecurePipeline,
+    ns: &str,
+) -> Result<SharedSigner, SigningFailure> {
+    let (kind, secret_name, secret) = signing_secret(ctx, pipeline, ns).await?;
+    ctx.signing
+        .signer(&secret, kind, signer_from_secret)
+        .await
+        .map_err(|e| failure(e.category(), format!("signing Secret {secret_name}: {e}")))
+}
+
 /// The pipeline's signing Secret, read when signing or verifying.
 async fn signing_secret(
     ctx: &Ctx,
     pipeline: &SecurePipeline,
     ns: &str,
-) -> Result<(String, Secret), SigningFailure> {
+) -> Result<(SignerKind, String, Secret), SigningFailure> {
     let Some(signing) = &pipeline.spec.signing else {
         return Err(failure(
             reason::SIGNING_NOT_CONFIGURED,
             format!(
-                "SecurePipeline {} has no spec.signing.secretRef: name a cosign key Secret to sign releases",
+                "SecurePipeline {} has no spec.signing: name a cosign key Secret (secretRef) or an x509 Secret to sign releases",
                 pipeline.name_any()
             ),
         ));
     };
+    let (kind, secret_name) = signing.signer();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret_name = signing.secret_ref.name.clone();
     let secret = secrets
-        .get_opt(&secret_name)
+        .get_opt(secret_name)
         .await
-        .map_err(|e| failure("SecretUnreadable", format!("cannot read signing Secret {secret_name}: {e}")))?
+        .map_err(|e| {
+            failure(
+                "SecretUnreadable",
+                format!("cannot read signing Secret {secret_name}: {e}"),
+            )
+        })?
         .ok_or_else(|| {
             failure(
                 reason::SIGNING_SECRET_NOT_FOUND,
-                format!("signing Secret {secret_name} not found in {ns}; create it with `cosign generate-key-pair k8s://{ns}/{secret_name}`"),
+                format!(
+                    "signing Secret {secret_name} not found in {ns}; {}",
+                    super::pipeline::secret_hint(kind, secret_name)
+                ),
             )
         })?;
-    Ok((secret_name, secret))
+    Ok((kind, secret_name.to_string(), secret))
 }
 
 /// Re-verifies the release's signature from the registry, against the Secret's `cosign.pub`
@@ -193,23 +217,13 @@ pub async fn verify(
     image: &ImageRef,
 ) -> Result<(), SigningFailure> {
     let ns = release.namespace().unwrap_or_default();
-    let (secret_name, secret) = signing_secret(ctx, pipeline, &ns).await?;
-    let public = match secret.data.as_ref().and_then(|d| d.get("cosign.pub")) {
-        Some(p) => String::from_utf8_lossy(&p.0).into_owned(),
-        None => ctx
-            .signing
-            .signer(&secret, signer_from_secret)
-            .await
-            .map_err(|e| failure(e.category(), format!("signing Secret {secret_name}: {e}")))?
-            .public_key_pem()
-            .to_string(),
-    };
+    let (public, trust) = trust_of(ctx, pipeline, &ns).await?;
     let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
     let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
     if signed_as_recorded(&registry, release, &public, image).await {
         return Ok(());
     }
-    signing::verify_image(&registry, &public, &image.repository, &image.digest)
+    signing::verify_image(&registry, &trust, &image.repository, &image.digest)
         .await
         .map(|_| ())
         .map_err(|e| match e {
@@ -220,6 +234,33 @@ pub async fn verify(
             },
             other => failure(other.category(), other.to_string()),
         })
+}
+
+/// What verification trusts, with the public key of the pipeline's signer: a cosign Secret's
+/// `cosign.pub` (or the public half of `cosign.key` without it); an x509 Secret's root
+/// certificates (and its key, which signed what this operator pushed).
+async fn trust_of(
+    ctx: &Ctx,
+    pipeline: &SecurePipeline,
+    ns: &str,
+) -> Result<(String, Trust), SigningFailure> {
+    let (kind, secret_name, secret) = signing_secret(ctx, pipeline, ns).await?;
+    let public = secret.data.as_ref().and_then(|d| d.get("cosign.pub"));
+    if let (SignerKind::CosignKey, Some(p)) = (kind, public) {
+        let pem = String::from_utf8_lossy(&p.0).into_owned();
+        return Ok((pem.clone(), Trust::Key(pem)));
+    }
+    let signer = ctx
+        .signing
+        .signer(&secret, kind, signer_from_secret)
+        .await
+        .map_err(|e| failure(e.category(), format!("signing Secret {secret_name}: {e}")))?;
+    let public = signer.public_key_pem().to_string();
+    let trust = match signer.trust_roots() {
+        Some(roots) => Trust::Roots(roots),
+        None => Trust::Key(public.clone()),
+    };
+    Ok((public, trust))
 }
 
 /// Whether the release's own signature, verified when it was pushed, is still there untouched:
@@ -264,18 +305,28 @@ pub fn annotations(release: &ModelRelease, pipeline: &SecurePipeline) -> BTreeMa
     a
 }
 
-fn signer_from_secret(secret: &Secret) -> Result<KeyPairSigner, SigningError> {
+/// Loads the `kind` signer from its Secret. Key material stays in memory, zeroized on drop.
+fn signer_from_secret(kind: SignerKind, secret: &Secret) -> Result<SharedSigner, SigningError> {
     let data = secret.data.clone().unwrap_or_default();
-    let key = data
-        .get("cosign.key")
-        .map(|b| Zeroizing::new(b.0.clone()))
-        .ok_or_else(|| SigningError::Key("has no cosign.key".into()))?;
-    let password = Zeroizing::new(
-        data.get("cosign.password")
-            .map(|b| b.0.clone())
-            .unwrap_or_default(),
-    );
-    KeyPairSigner::from_pem(&key, &password)
+    let bytes = |k: &str| data.get(k).map(|b| Zeroizing::new(b.0.clone()));
+    match kind {
+        SignerKind::CosignKey => {
+            let key =
+                bytes("cosign.key").ok_or_else(|| SigningError::Key("has no cosign.key".into()))?;
+            let password = bytes("cosign.password").unwrap_or_default();
+            Ok(Arc::new(KeyPairSigner::from_pem(&key, &password)?))
+        }
+        SignerKind::X509 => {
+            let key =
+                bytes("x509.pem").ok_or_else(|| SigningError::Key("has no x509.pem".into()))?;
+            let (cert, chain) = (bytes("cert.pem"), bytes("chain.pem"));
+            Ok(Arc::new(X509Signer::from_pems(
+                &key,
+                cert.as_ref().map(|c| c.as_slice()),
+                chain.as_ref().map(|c| c.as_slice()),
+            )?))
+        }
+    }
 }
 
 /// `image` pinned to the digest its tag names now (`repo:tag@sha256:…`), so that a rollback

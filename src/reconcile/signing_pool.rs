@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Mutex, PoisonError},
 };
 
 use k8s_openapi::api::core::v1::Secret;
@@ -15,9 +15,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::{
+    api::pipeline::SignerKind,
     metrics::SharedMetrics,
     registry::Registry,
-    signing::{SigningError, keys::KeyPairSigner},
+    signing::{SharedSigner, SigningError},
 };
 
 /// Signatures (sign and attest, with their registry round trips) in flight at once.
@@ -28,6 +29,7 @@ const MAX_ENTRIES: usize = 256;
 /// A Secret as of one version: a rotated key is another entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SecretVersion {
+    kind: SignerKind,
     namespace: String,
     name: String,
     uid: String,
@@ -35,8 +37,9 @@ struct SecretVersion {
 }
 
 impl SecretVersion {
-    fn of(secret: &Secret) -> Self {
+    fn of(kind: SignerKind, secret: &Secret) -> Self {
         Self {
+            kind,
             namespace: secret.namespace().unwrap_or_default(),
             name: secret.name_any(),
             uid: secret.uid().unwrap_or_default(),
@@ -47,7 +50,7 @@ impl SecretVersion {
 
 /// Decrypted signers, registry clients and signing slots, shared by every reconcile.
 pub struct SigningPool {
-    signers: Mutex<HashMap<SecretVersion, Arc<KeyPairSigner>>>,
+    signers: Mutex<HashMap<SecretVersion, SharedSigner>>,
     // Keyed by a hash of the credentials, never the credentials themselves.
     registries: Mutex<HashMap<[u8; 32], Registry>>,
     slots: Semaphore,
@@ -65,22 +68,22 @@ impl SigningPool {
         }
     }
 
-    /// The signer of `secret`'s key, decrypted with `decrypt` on a blocking thread the first time
-    /// this version of the Secret is seen.
+    /// The `kind` signer of `secret`'s material, loaded with `load` on a blocking thread (a
+    /// cosign key's decryption is scrypt) the first time this version of the Secret is seen.
     pub async fn signer(
         &self,
         secret: &Secret,
-        decrypt: fn(&Secret) -> Result<KeyPairSigner, SigningError>,
-    ) -> Result<Arc<KeyPairSigner>, SigningError> {
-        let version = SecretVersion::of(secret);
+        kind: SignerKind,
+        load: fn(SignerKind, &Secret) -> Result<SharedSigner, SigningError>,
+    ) -> Result<SharedSigner, SigningError> {
+        let version = SecretVersion::of(kind, secret);
         if let Some(s) = self.lock_signers().get(&version) {
             return Ok(s.clone());
         }
         let owned = secret.clone();
-        let signer = tokio::task::spawn_blocking(move || decrypt(&owned))
+        let signer = tokio::task::spawn_blocking(move || load(kind, &owned))
             .await
-            .map_err(|e| SigningError::Key(format!("decrypting the key failed: {e}")))??;
-        let signer = Arc::new(signer);
+            .map_err(|e| SigningError::Key(format!("loading the key failed: {e}")))??;
         let mut signers = self.lock_signers();
         // Older versions of the same Secret are never used again.
         signers.retain(|k, _| (&k.namespace, &k.name) != (&version.namespace, &version.name));
@@ -123,9 +126,7 @@ impl SigningPool {
         permit
     }
 
-    fn lock_signers(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<SecretVersion, Arc<KeyPairSigner>>> {
+    fn lock_signers(&self) -> std::sync::MutexGuard<'_, HashMap<SecretVersion, SharedSigner>> {
         self.signers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

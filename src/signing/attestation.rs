@@ -174,7 +174,7 @@ pub async fn attest_image(
         });
     }
     let payload = serde_json::to_vec(statement).map_err(|e| SigningError::Sign(e.to_string()))?;
-    let annotations = BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         // cosign writes an empty signature annotation on attestation layers: the signature is in
         // the envelope.
         (SIGNATURE_ANNOTATION.to_string(), String::new()),
@@ -183,6 +183,7 @@ pub async fn attest_image(
             statement.predicate_type.clone(),
         ),
     ]);
+    annotations.extend(super::certificate_annotations(signer));
     layers.push(ImageLayer::new(
         envelope(signer, &payload)?,
         DSSE_MEDIA_TYPE.into(),

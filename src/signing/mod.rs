@@ -4,6 +4,7 @@
 pub mod attestation;
 pub mod keys;
 pub mod payload;
+pub mod x509;
 
 use std::collections::BTreeMap;
 
@@ -34,6 +35,9 @@ pub enum SigningError {
     /// Verification found no acceptable signature.
     #[error("{0}")]
     Verification(String),
+    /// The signing certificate or its chain is unusable (expired, not yet valid, not chained).
+    #[error("signing certificate: {0}")]
+    Certificate(String),
 }
 
 impl SigningError {
@@ -44,6 +48,7 @@ impl SigningError {
             SigningError::Sign(_) => "SignFailed",
             SigningError::Registry(e) => e.category(),
             SigningError::Verification(_) => "VerificationFailed",
+            SigningError::Certificate(_) => "CertificateInvalid",
         }
     }
 }
@@ -56,6 +61,32 @@ pub trait Signer: Send + Sync {
     fn public_key_pem(&self) -> &str;
     /// Signs the payload.
     fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SigningError>;
+    /// The certificate (PEM) and its chain (PEM, intermediates then root) that vouch for the
+    /// key, attached to every signature; `None` for a bare key.
+    fn certificate_chain(&self) -> Option<(&str, &str)> {
+        None
+    }
+    /// Fails when the signer must not sign at `now` (an expired certificate).
+    fn usable_at(&self, _now: jiff::Timestamp) -> Result<(), SigningError> {
+        Ok(())
+    }
+    /// The root certificates a verification of this signer's signatures trusts; `None` for a
+    /// bare key (its public key is the trust).
+    fn trust_roots(&self) -> Option<Vec<x509_cert::Certificate>> {
+        None
+    }
+}
+
+/// A signer shared between reconciles.
+pub type SharedSigner = std::sync::Arc<dyn Signer>;
+
+/// What a verification trusts: a public key, or root certificates that the certificate attached
+/// to the signature must chain to.
+pub enum Trust {
+    /// A public key, PEM.
+    Key(String),
+    /// Root certificates; the signature's own certificate and chain lead to one of them.
+    Roots(Vec<x509_cert::Certificate>),
 }
 
 /// Where a signature was stored.
@@ -96,7 +127,8 @@ pub async fn sign_image(
         });
     }
     let signature = BASE64.encode(signer.sign(&payload)?);
-    let annotations = BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), signature)]);
+    let mut annotations = BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), signature)]);
+    annotations.extend(certificate_annotations(signer));
     layers.push(ImageLayer::new(
         payload,
         SIMPLE_SIGNING_MEDIA_TYPE.into(),
@@ -110,6 +142,19 @@ pub async fn sign_image(
         already_signed: false,
         manifest_digest,
     })
+}
+
+/// The certificate and chain annotations cosign puts on a layer signed by an x509 signer.
+pub fn certificate_annotations(signer: &dyn Signer) -> BTreeMap<String, String> {
+    signer
+        .certificate_chain()
+        .map(|(cert, chain)| {
+            BTreeMap::from([
+                (x509::CERTIFICATE_ANNOTATION.to_string(), cert.to_string()),
+                (x509::CHAIN_ANNOTATION.to_string(), chain.to_string()),
+            ])
+        })
+        .unwrap_or_default()
 }
 
 /// What a successful verification found.
@@ -137,11 +182,15 @@ pub async fn signature_unchanged(
 /// payload for exactly this digest, signed by `public_key_pem`.
 pub async fn verify_image(
     registry: &Registry,
-    public_key_pem: &str,
+    trust: &Trust,
     repo: &str,
     digest: &str,
 ) -> Result<Verified, SigningError> {
-    let key = keys::verification_key(public_key_pem)?;
+    let key = match trust {
+        Trust::Key(pem) => Some(keys::verification_key(pem)?),
+        Trust::Roots(_) => None,
+    };
+    let now = jiff::Timestamp::now();
     let layers = registry
         .attached_layers(Attached::Signature, repo, digest)
         .await?;
@@ -153,7 +202,14 @@ pub async fn verify_image(
     }
     let mut problems = Vec::new();
     for layer in &layers {
-        match check_layer(layer, &key, digest) {
+        let checked = match (&key, trust) {
+            (Some(key), _) => check_layer(layer, key, digest),
+            (None, Trust::Roots(roots)) => {
+                certificate_key(layer, roots, now).and_then(|key| check_layer(layer, &key, digest))
+            }
+            (None, Trust::Key(_)) => Err("no key".into()),
+        };
+        match checked {
             Ok(annotations) => return Ok(Verified { annotations }),
             Err(problem) => problems.push(problem),
         }
@@ -163,6 +219,29 @@ pub async fn verify_image(
         "no valid signature for {repo}@{digest} by this key: {}",
         problems.join("; ")
     )))
+}
+
+/// The key of the certificate attached to `layer`, once its chain leads to one of `roots` and
+/// every certificate on the way is valid `now` (no transparency log vouches for an earlier time).
+fn certificate_key(
+    layer: &ImageLayer,
+    roots: &[x509_cert::Certificate],
+    now: jiff::Timestamp,
+) -> Result<sigstore::crypto::CosignVerificationKey, String> {
+    let annotations = layer.annotations.as_ref();
+    let cert = annotations
+        .and_then(|a| a.get(x509::CERTIFICATE_ANNOTATION))
+        .ok_or("the signature carries no certificate")?;
+    let leaf = x509::parse_pem_certificates(cert)?
+        .into_iter()
+        .next()
+        .ok_or("the certificate annotation holds no certificate")?;
+    let chain = match annotations.and_then(|a| a.get(x509::CHAIN_ANNOTATION)) {
+        Some(text) => x509::parse_pem_certificates(text)?,
+        None => Vec::new(),
+    };
+    x509::verify_chain(&leaf, &chain, roots, Some(now))?;
+    x509::leaf_key(&leaf)
 }
 
 fn layer_verifies(layer: &ImageLayer, key: &sigstore::crypto::CosignVerificationKey) -> bool {
