@@ -140,7 +140,7 @@ pub async fn sign_image(
     Ok(SignedImage {
         reference,
         already_signed: false,
-        manifest_digest,
+        manifest_digest: Some(manifest_digest),
     })
 }
 

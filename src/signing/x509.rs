@@ -47,7 +47,7 @@ impl X509Signer {
         let blocks = pem::parse_many(x509_pem)
             .map_err(|_| SigningError::Key("x509.pem is not PEM".into()))?;
         let key_der = private_key_pkcs8(&blocks)?;
-        let key_pem = Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", key_der.to_vec())));
+        let key_pem = Zeroizing::new(pem_lf(&pem::Pem::new("PRIVATE KEY", key_der.to_vec())));
         let key = KeyPairSigner::from_pem(key_pem.as_bytes(), b"")?;
         let mut certs = certificates(&blocks, "x509.pem")?;
         for (name, extra) in [("cert.pem", cert_pem), ("chain.pem", chain_pem)] {
@@ -179,7 +179,15 @@ fn to_pem(cert: &Certificate) -> Result<String, SigningError> {
     let der = cert
         .to_der()
         .map_err(|e| SigningError::Certificate(e.to_string()))?;
-    Ok(pem::encode(&pem::Pem::new("CERTIFICATE", der)))
+    Ok(pem_lf(&pem::Pem::new("CERTIFICATE", der)))
+}
+
+/// PEM with `\n` line ends, as cosign writes and reads it (the crate's default is `\r\n`).
+fn pem_lf(block: &pem::Pem) -> String {
+    pem::encode_config(
+        block,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 fn spki_der(cert: &Certificate) -> Result<Vec<u8>, SigningError> {
