@@ -1,4 +1,6 @@
-//! OCI registry access: confirm a manifest exists, read and write cosign's `.sig` artifacts.
+//! OCI registry access, knowing nothing of what is stored: resolve a reference to a digest,
+//! pull an artifact's layers, push layers as an artifact under a tag. Where signatures live (tags,
+//! media types, annotations) is `crate::signing::storage`'s business.
 
 use oci_client::{
     Client, Reference,
@@ -12,37 +14,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::{
-    metrics::{RegistryLabels, RegistryTimings},
-    signing::{DSSE_MEDIA_TYPE, SIMPLE_SIGNING_MEDIA_TYPE},
-};
-
-/// The two artifacts cosign attaches to an image digest, each under its own tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attached {
-    /// `sha256-<hex>.sig`: simple-signing payloads with their signature annotation.
-    Signature,
-    /// `sha256-<hex>.att`: DSSE envelopes holding in-toto statements.
-    Attestation,
-}
-
-impl Attached {
-    /// `<repo>:sha256-<hex>.<sig|att>`.
-    pub fn tag(self, repo: &str, digest: &str) -> String {
-        let suffix = match self {
-            Attached::Signature => "sig",
-            Attached::Attestation => "att",
-        };
-        format!("{repo}:{}.{suffix}", digest.replace(':', "-"))
-    }
-
-    fn media_type(self) -> &'static str {
-        match self {
-            Attached::Signature => SIMPLE_SIGNING_MEDIA_TYPE,
-            Attached::Attestation => DSSE_MEDIA_TYPE,
-        }
-    }
-}
+use crate::metrics::{RegistryLabels, RegistryTimings};
 
 /// Errors talking to the registry. Credentials never appear in them.
 #[derive(Debug, thiserror::Error)]
@@ -162,53 +134,42 @@ impl Registry {
         result.map_err(|e| classify(reference, e))
     }
 
-    /// The layers of the `kind` artifact attached to `repo@digest`, or none when it does not exist.
-    pub async fn attached_layers(
+    /// The artifact `reference` names, with only layers of `media_types`; `None` when it does
+    /// not exist.
+    pub async fn pull_layers(
         &self,
-        kind: Attached,
-        repo: &str,
-        digest: &str,
-    ) -> Result<Vec<ImageLayer>, RegistryError> {
-        Ok(self.attached(kind, repo, digest).await?.layers)
-    }
-
-    /// The `kind` artifact attached to `repo@digest` with its manifest digest, or an empty one.
-    pub async fn attached(
-        &self,
-        kind: Attached,
-        repo: &str,
-        digest: &str,
-    ) -> Result<AttachedArtifact, RegistryError> {
-        let tag = kind.tag(repo, digest);
-        let reference = Self::reference(&tag)?;
+        reference: &str,
+        media_types: &[&str],
+    ) -> Result<Option<Artifact>, RegistryError> {
+        let parsed = Self::reference(reference)?;
         let started = Instant::now();
         let pulled = self
             .client
-            .pull(&reference, &self.auth, vec![kind.media_type()])
+            .pull(&parsed, &self.auth, media_types.to_vec())
             .await;
         self.observe("pull", started, &pulled);
         match pulled {
-            Ok(image) => Ok(AttachedArtifact {
+            Ok(image) => Ok(Some(Artifact {
                 layers: image.layers,
                 manifest_digest: image.digest.filter(|d| d.starts_with("sha256:")),
-            }),
-            Err(e) => match classify(&tag, e) {
-                RegistryError::NotFound(_) => Ok(AttachedArtifact::default()),
+            })),
+            Err(e) => match classify(reference, e) {
+                RegistryError::NotFound(_) => Ok(None),
                 other => Err(other),
             },
         }
     }
 
-    /// Pushes the `kind` artifact of `repo@digest` with exactly these layers; returns the digest
-    /// of the manifest pushed.
-    pub async fn push_attached_layers(
+    /// Pushes exactly these layers as an OCI artifact (empty config) under the tag `reference`,
+    /// provided the tag still names `expected` (`None`: no manifest) just before the manifest is
+    /// written; returns the digest of the manifest pushed, or `Moved` when the tag moved.
+    pub async fn push_layers(
         &self,
-        kind: Attached,
-        repo: &str,
-        digest: &str,
+        reference: &str,
         layers: Vec<ImageLayer>,
-    ) -> Result<String, RegistryError> {
-        let tag = kind.tag(repo, digest);
+        expected: Option<&str>,
+    ) -> Result<Pushed, RegistryError> {
+        let tag = reference.to_string();
         let reference = Self::reference(&tag)?;
         let config = Config::oci_v1(b"{}".to_vec(), None);
         let mut manifest = OciImageManifest::build(&layers, &config, None);
@@ -223,12 +184,22 @@ impl Registry {
         let manifest_digest = format!("sha256:{}", hex(&Sha256::digest(&body)));
         let started = Instant::now();
         let pushed = self
-            .push_parts(&reference, &layers, config, &manifest, body)
+            .push_parts(&reference, &layers, config, &manifest, body, expected)
             .await;
         self.observe("push", started, &pushed);
-        pushed
-            .map(|()| manifest_digest)
-            .map_err(|e| classify(&tag, e))
+        match pushed.map_err(|e| classify(&tag, e))? {
+            true => Ok(Pushed::Pushed(manifest_digest)),
+            false => Ok(Pushed::Moved),
+        }
+    }
+
+    /// The digest `reference` names now, `None` when nothing is there.
+    pub async fn current_digest(&self, reference: &str) -> Result<Option<String>, RegistryError> {
+        match self.resolve_digest(reference).await {
+            Ok(d) => Ok(Some(d)),
+            Err(RegistryError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn push_parts(
@@ -238,7 +209,8 @@ impl Registry {
         config: Config,
         manifest: &OciImageManifest,
         body: Vec<u8>,
-    ) -> Result<(), OciDistributionError> {
+        expected: Option<&str>,
+    ) -> Result<bool, OciDistributionError> {
         self.client
             .store_auth_if_needed(reference.resolve_registry(), &self.auth)
             .await;
@@ -250,11 +222,25 @@ impl Registry {
         self.client
             .push_blob(reference, config.data, &manifest.config.digest)
             .await?;
+        // The registry API has no compare-and-swap on a tag: the check is as late as it can be,
+        // right before the manifest write (one round trip of window remains).
+        let now = match self
+            .client
+            .fetch_manifest_digest(reference, &self.auth)
+            .await
+        {
+            Ok(d) => Some(d),
+            Err(e) if is_not_found(&e) => None,
+            Err(e) => return Err(e),
+        };
+        if now.as_deref() != expected {
+            return Ok(false);
+        }
         let media_type = http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE);
         self.client
             .push_manifest_raw(reference, body, media_type)
             .await
-            .map(drop)
+            .map(|_| true)
     }
 }
 
@@ -262,41 +248,52 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An artifact attached to an image (`.sig`, `.att`): its layers and manifest digest.
+/// The outcome of a conditional push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// Written; the manifest's digest.
+    Pushed(String),
+    /// The tag no longer named the expected manifest: nothing was written over it.
+    Moved,
+}
+
+/// An artifact in the registry: its layers and manifest digest.
 #[derive(Debug, Default)]
-pub struct AttachedArtifact {
+pub struct Artifact {
     /// The layers, in manifest order.
     pub layers: Vec<ImageLayer>,
     /// `sha256:<hex>` of the manifest, when it exists.
     pub manifest_digest: Option<String>,
 }
 
-fn classify(reference: &str, e: OciDistributionError) -> RegistryError {
-    let not_found = |code: &OciErrorCode| {
+/// Whether the registry said the thing asked for does not exist.
+fn is_not_found(e: &OciDistributionError) -> bool {
+    let unknown = |code: &OciErrorCode| {
         matches!(
             code,
             OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::BlobUnknown
         )
     };
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_)
+        | OciDistributionError::ServerError { code: 404, .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|x| unknown(&x.code))
+        }
+        _ => false,
+    }
+}
+
+fn classify(reference: &str, e: OciDistributionError) -> RegistryError {
+    if is_not_found(&e) {
+        return RegistryError::NotFound(reference.to_string());
+    }
     match &e {
-        OciDistributionError::ImageManifestNotFoundError(_) => {
-            RegistryError::NotFound(reference.to_string())
-        }
-        OciDistributionError::RegistryError { envelope, .. }
-            if envelope.errors.iter().any(|x| not_found(&x.code)) =>
-        {
-            RegistryError::NotFound(reference.to_string())
-        }
         OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => {
-            RegistryError::Unauthorized(reference.to_string())
-        }
-        OciDistributionError::ServerError {
+        | OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::ServerError {
             code: 401 | 403, ..
         } => RegistryError::Unauthorized(reference.to_string()),
-        OciDistributionError::ServerError { code: 404, .. } => {
-            RegistryError::NotFound(reference.to_string())
-        }
         _ => RegistryError::Other {
             reference: reference.to_string(),
             detail: e.to_string(),

@@ -9,8 +9,13 @@ use std::{
 
 use oci_client::secrets::RegistryAuth;
 use sluice::{
-    registry::{Attached, Registry},
-    signing::{self, Signer, keys::KeyPairSigner, payload::signature_tag},
+    registry::Registry,
+    signing::{
+        self, Signer,
+        keys::KeyPairSigner,
+        payload::signature_tag,
+        storage::{self, Attached},
+    },
 };
 use sluice_e2e::{repo_dir, state_dir};
 
@@ -272,15 +277,13 @@ async fn sluice_verify_rejects_a_moved_signature_another_key_and_a_modified_payl
     // 3. A modified payload under the original signature.
     sluice::install_crypto_provider();
     let registry = Registry::for_repository(&repo, false, RegistryAuth::Anonymous);
-    let mut layers = registry
-        .attached_layers(Attached::Signature, &repo, &signed)
-        .await?;
+    let mut layers = storage::read(&registry, Attached::Signature, &repo, &signed)
+        .await?
+        .layers;
     let text = String::from_utf8(layers[0].data.to_vec())?
         .replace(r#""optional":null"#, r#""optional":{"approved":"yes"}"#);
     layers[0].data = text.into_bytes().into();
-    registry
-        .push_attached_layers(Attached::Signature, &repo, &signed, layers)
-        .await?;
+    storage::overwrite(&registry, Attached::Signature, &repo, &signed, layers).await?;
     let tampered = w.run(
         &w.sluice(),
         &["verify", "--key", "cosign.pub", &format!("{repo}@{signed}")],
@@ -443,5 +446,61 @@ async fn the_signature_manifest_pushed_is_recorded_and_a_later_change_is_seen() 
     // Both signatures still verify in full.
     let trust = signing::Trust::Key(signer.public_key_pem().to_string());
     signing::verify_image(&registry, &trust, &repo, &digest).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_signers_of_one_digest_keep_every_signature() -> anyhow::Result<()> {
+    const WRITERS: usize = 8;
+    let w = Workdir::new("concurrent")?;
+    let (repo, digest) = w.push_image("app", "v9")?;
+    let image = format!("{repo}@{digest}");
+    // A signature already there (cosign's) must survive the burst.
+    w.ok(&w.tool("cosign"), &["generate-key-pair"], "pw")?;
+    w.ok(
+        &w.tool("cosign"),
+        &[
+            "sign",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "--yes",
+            &image,
+        ],
+        "pw",
+    )?;
+    sluice::install_crypto_provider();
+    let mut writers = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..WRITERS {
+        let (signer, _) = KeyPairSigner::generate()?;
+        keys.push(signer.public_key_pem().to_string());
+        // Each writer has its own client, as separate processes would.
+        let registry = Registry::for_repository(&repo, false, RegistryAuth::Anonymous);
+        let (repo, digest) = (repo.clone(), digest.clone());
+        writers.push(tokio::spawn(async move {
+            let annotations = BTreeMap::from([("writer".to_string(), i.to_string())]);
+            signing::sign_image(&registry, &signer, &repo, &digest, &annotations).await
+        }));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    assert_eq!(
+        w.signature_layer_count(&repo, &digest)?,
+        WRITERS + 1,
+        "every writer's layer and cosign's"
+    );
+    let registry = Registry::for_repository(&repo, false, RegistryAuth::Anonymous);
+    for key in keys {
+        signing::verify_image(&registry, &signing::Trust::Key(key), &repo, &digest).await?;
+    }
+    let out = w.cosign_verify("cosign.pub", &image)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

@@ -70,7 +70,12 @@ pub async fn sign(
     );
     let slot = ctx.signing.slot().await;
     let started = std::time::Instant::now();
+    let held = ctx
+        .signing
+        .image_lock(&format!("{}@{}", image.repository, image.digest))
+        .await;
     let result = sign_and_attest(&registry, &signer, image, &annotations, &statement).await;
+    drop(held);
     drop(slot);
     ctx.metrics
         .signing_duration

@@ -55,6 +55,9 @@ pub struct SigningPool {
     registries: Mutex<HashMap<[u8; 32], Registry>>,
     slots: Semaphore,
     metrics: SharedMetrics,
+    // One signing at a time per image in this process: two releases of the same digest append
+    // to the same tags (the append re-reads and retries anyway; this only spares the retries).
+    images: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl SigningPool {
@@ -65,6 +68,7 @@ impl SigningPool {
             registries: Mutex::default(),
             slots: Semaphore::new(SIGNING_SLOTS),
             metrics,
+            images: Mutex::default(),
         }
     }
 
@@ -124,6 +128,19 @@ impl SigningPool {
             .signing_wait
             .observe(started.elapsed().as_secs_f64());
         permit
+    }
+
+    /// Holds the signing of `image` (`repo@digest`) in this process until the guard drops.
+    pub async fn image_lock(&self, image: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut images = self.images.lock().unwrap_or_else(PoisonError::into_inner);
+            // Locks nobody holds or waits for are dropped as the map grows.
+            if images.len() >= MAX_ENTRIES {
+                images.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+            }
+            images.entry(image.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     fn lock_signers(&self) -> std::sync::MutexGuard<'_, HashMap<SecretVersion, SharedSigner>> {

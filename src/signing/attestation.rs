@@ -8,8 +8,9 @@ use oci_client::client::ImageLayer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::storage::{self, Attached};
 use super::{DSSE_MEDIA_TYPE, SIGNATURE_ANNOTATION, Signer, SigningError, keys};
-use crate::registry::{Attached, Registry};
+use crate::registry::Registry;
 
 /// Predicate type of Sluice's gate verdicts.
 pub const GATES_PREDICATE_TYPE: &str = "https://sluice.dev/attestations/gates/v1";
@@ -161,18 +162,6 @@ pub async fn attest_image(
 ) -> Result<Attested, SigningError> {
     let reference = Attached::Attestation.tag(repo, digest);
     let key = keys::verification_key(signer.public_key_pem())?;
-    let mut layers = registry
-        .attached_layers(Attached::Attestation, repo, digest)
-        .await?;
-    if layers
-        .iter()
-        .any(|l| open(&l.data, &key).is_ok_and(|s| &s == statement))
-    {
-        return Ok(Attested {
-            reference,
-            already_attested: true,
-        });
-    }
     let payload = serde_json::to_vec(statement).map_err(|e| SigningError::Sign(e.to_string()))?;
     let mut annotations = BTreeMap::from([
         // cosign writes an empty signature annotation on attestation layers: the signature is in
@@ -184,17 +173,17 @@ pub async fn attest_image(
         ),
     ]);
     annotations.extend(super::certificate_annotations(signer));
-    layers.push(ImageLayer::new(
+    let layer = ImageLayer::new(
         envelope(signer, &payload)?,
         DSSE_MEDIA_TYPE.into(),
         Some(annotations),
-    ));
-    registry
-        .push_attached_layers(Attached::Attestation, repo, digest, layers)
-        .await?;
+    );
+    let same = |l: &ImageLayer| open(&l.data, &key).is_ok_and(|s| &s == statement);
+    let appended =
+        storage::append(registry, Attached::Attestation, repo, digest, layer, same).await?;
     Ok(Attested {
         reference,
-        already_attested: false,
+        already_attested: appended.already,
     })
 }
 
@@ -208,9 +197,9 @@ pub async fn verify_attestation(
     predicate_type: &str,
 ) -> Result<Statement, SigningError> {
     let key = keys::verification_key(public_key_pem)?;
-    let layers = registry
-        .attached_layers(Attached::Attestation, repo, digest)
-        .await?;
+    let layers = storage::read(registry, Attached::Attestation, repo, digest)
+        .await?
+        .layers;
     let reference = Attached::Attestation.tag(repo, digest);
     if layers.is_empty() {
         return Err(SigningError::Verification(format!(

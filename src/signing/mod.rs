@@ -4,6 +4,7 @@
 pub mod attestation;
 pub mod keys;
 pub mod payload;
+pub mod storage;
 pub mod x509;
 
 use std::collections::BTreeMap;
@@ -11,7 +12,8 @@ use std::collections::BTreeMap;
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use oci_client::client::ImageLayer;
 
-use crate::registry::{Attached, Registry, RegistryError};
+use crate::registry::{Registry, RegistryError};
+use storage::Attached;
 
 /// Media type of a cosign simple-signing layer.
 pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -113,34 +115,23 @@ pub async fn sign_image(
     registry.require_manifest(repo, digest).await?;
     let payload = payload::simple_signing(repo, digest, annotations);
     let reference = payload::signature_tag(repo, digest);
-    let existing = registry.attached(Attached::Signature, repo, digest).await?;
-    let mut layers = existing.layers;
     let key = keys::verification_key(signer.public_key_pem())?;
-    if layers
-        .iter()
-        .any(|l| l.data.as_ref() == payload.as_slice() && layer_verifies(l, &key))
-    {
-        return Ok(SignedImage {
-            reference,
-            already_signed: true,
-            manifest_digest: existing.manifest_digest,
-        });
-    }
     let signature = BASE64.encode(signer.sign(&payload)?);
     let mut annotations = BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), signature)]);
     annotations.extend(certificate_annotations(signer));
-    layers.push(ImageLayer::new(
-        payload,
+    let layer = ImageLayer::new(
+        payload.clone(),
         SIMPLE_SIGNING_MEDIA_TYPE.into(),
         Some(annotations),
-    ));
-    let manifest_digest = registry
-        .push_attached_layers(Attached::Signature, repo, digest, layers)
-        .await?;
+    );
+    // The same payload signed by this key counts as done, whatever the signature bytes.
+    let same = |l: &ImageLayer| l.data.as_ref() == payload.as_slice() && layer_verifies(l, &key);
+    let appended =
+        storage::append(registry, Attached::Signature, repo, digest, layer, same).await?;
     Ok(SignedImage {
         reference,
-        already_signed: false,
-        manifest_digest: Some(manifest_digest),
+        already_signed: appended.already,
+        manifest_digest: appended.manifest_digest,
     })
 }
 
@@ -191,9 +182,9 @@ pub async fn verify_image(
         Trust::Roots(_) => None,
     };
     let now = jiff::Timestamp::now();
-    let layers = registry
-        .attached_layers(Attached::Signature, repo, digest)
-        .await?;
+    let layers = storage::read(registry, Attached::Signature, repo, digest)
+        .await?
+        .layers;
     if layers.is_empty() {
         return Err(SigningError::Verification(format!(
             "no signature found at {}",

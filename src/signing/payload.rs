@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 /// `<repo>:sha256-<hex>.sig`, the tag cosign stores signatures under.
 pub fn signature_tag(repo: &str, digest: &str) -> String {
-    crate::registry::Attached::Signature.tag(repo, digest)
+    super::storage::Attached::Signature.tag(repo, digest)
 }
 
 /// The payload cosign signs for `repo@digest`: `optional` holds the annotations, or null.
