@@ -409,7 +409,7 @@ pub struct SeverityLimits {
 /// The key that signs released images: exactly one of a cosign key pair or an x509 key with its certificate chain.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.secretRef), has(self.x509)].filter(x, x).size() == 1").message("spec.signing needs exactly one signer: secretRef (a cosign key pair) or x509 (a private key with its certificate chain)"))]
+#[x_kube(validation = Rule::new("[has(self.secretRef), has(self.x509), has(self.kms)].filter(x, x).size() == 1").message("spec.signing needs exactly one signer: secretRef (a cosign key pair), x509 (a private key with its certificate chain) or kms (a key that never leaves the KMS)"))]
 pub struct SigningSpec {
     /// Secret with cosign.key, cosign.password and cosign.pub, as `cosign generate-key-pair k8s://` writes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -417,6 +417,27 @@ pub struct SigningSpec {
     /// A private key and its certificate chain; the signature carries the certificate and chain, as cosign's does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509: Option<X509Signing>,
+    /// A key held by a KMS, which signs without the key ever leaving it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms: Option<KmsSigning>,
+}
+
+/// Signing with a KMS key: today the transit engine of a Vault-API server (HashiCorp Vault, OpenBao), as cosign's `hashivault://` keys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KmsSigning {
+    /// The key, as cosign names it: hashivault://<transit key name>. The key must be ecdsa-p256.
+    #[schemars(regex(pattern = r"^hashivault://[A-Za-z0-9_.-]{1,128}$"))]
+    pub uri: String,
+    /// Address of the server (VAULT_ADDR), e.g. https://vault.example:8200.
+    #[schemars(regex(pattern = r"^https?://[A-Za-z0-9.:\[\]-]+/?$"))]
+    pub address: String,
+    /// Mount path of the transit engine (TRANSIT_SECRET_ENGINE_PATH); transit when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$"))]
+    pub transit_path: Option<String>,
+    /// Secret holding the server token under the key `token`; it needs the transit sign and read policies for the key.
+    pub token_secret_ref: LocalObjectRef,
 }
 
 /// Signing with an x509 certificate, without a transparency log.
@@ -434,11 +455,16 @@ pub enum SignerKind {
     CosignKey,
     /// An x509 key and certificate chain.
     X509,
+    /// A KMS key.
+    Kms,
 }
 
 impl SigningSpec {
     /// The signer and the Secret holding its material.
     pub fn signer(&self) -> (SignerKind, &str) {
+        if let Some(k) = &self.kms {
+            return (SignerKind::Kms, k.token_secret_ref.name.as_str());
+        }
         match (&self.secret_ref, &self.x509) {
             (_, Some(x)) => (SignerKind::X509, x.secret_ref.name.as_str()),
             (Some(r), None) => (SignerKind::CosignKey, r.name.as_str()),

@@ -180,6 +180,9 @@ pub fn secret_hint(kind: SignerKind, secret: &str) -> String {
         SignerKind::CosignKey => {
             format!("create it with `cosign generate-key-pair k8s://<namespace>/{secret}`")
         }
+        SignerKind::Kms => format!(
+            "create it with `kubectl create secret generic {secret} --from-literal=token=<token>`"
+        ),
         SignerKind::X509 => format!(
             "create it with `kubectl create secret generic {secret} --from-file=x509.pem=<key.pem> --from-file=cert.pem=<cert.pem> --from-file=chain.pem=<chain.pem>`"
         ),

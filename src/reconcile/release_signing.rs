@@ -14,7 +14,7 @@ use crate::{
     api::{
         ModelRelease, SecurePipeline,
         conditions::reason,
-        pipeline::SignerKind,
+        pipeline::{KmsSigning, SignerKind},
         release::{ImageRef, SignatureRef, StageStatus},
     },
     registry::Registry,
@@ -22,6 +22,7 @@ use crate::{
         self, SharedSigner, SigningError, Trust,
         attestation::{self, GATES_PREDICATE_TYPE, Statement},
         keys::KeyPairSigner,
+        kms::{self, TransitKey, TransitSigner},
         x509::X509Signer,
     },
 };
@@ -168,10 +169,63 @@ async fn pipeline_signer(
     ns: &str,
 ) -> Result<SharedSigner, SigningFailure> {
     let (kind, secret_name, secret) = signing_secret(ctx, pipeline, ns).await?;
+    loaded_signer(ctx, pipeline, kind, &secret_name, &secret).await
+}
+
+/// The signer made from `secret` as the pipeline's `spec.signing` says, from the pool.
+async fn loaded_signer(
+    ctx: &Ctx,
+    pipeline: &SecurePipeline,
+    kind: SignerKind,
+    secret_name: &str,
+    secret: &Secret,
+) -> Result<SharedSigner, SigningFailure> {
+    let kms = pipeline.spec.signing.as_ref().and_then(|s| s.kms.clone());
+    let config = kms.as_ref().map_or_else(String::new, |k| {
+        format!("{} {} {}", k.address, transit_mount(k), k.uri)
+    });
+    let owned = secret.clone();
+    let load = async move {
+        match kms {
+            Some(k) if kind == SignerKind::Kms => kms_signer(&k, &owned).await,
+            _ => tokio::task::spawn_blocking(move || signer_from_secret(kind, &owned))
+                .await
+                .map_err(|e| SigningError::Key(format!("loading the key failed: {e}")))?,
+        }
+    };
     ctx.signing
-        .signer(&secret, kind, signer_from_secret)
+        .signer(secret, kind, &config, load)
         .await
-        .map_err(|e| failure(e.category(), format!("signing Secret {secret_name}: {e}")))
+        .map_err(|e| match e {
+            // Its message names the KMS and the key, not the token Secret.
+            SigningError::Kms { .. } => failure(e.category(), e.to_string()),
+            other => failure(
+                other.category(),
+                format!("signing Secret {secret_name}: {other}"),
+            ),
+        })
+}
+
+fn transit_mount(k: &KmsSigning) -> String {
+    k.transit_path.clone().unwrap_or_else(|| "transit".into())
+}
+
+/// A transit signer for `k`, with the token from `secret` (key `token`).
+async fn kms_signer(k: &KmsSigning, secret: &Secret) -> Result<SharedSigner, SigningError> {
+    let token = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("token"))
+        .map(|t| Zeroizing::new(String::from_utf8_lossy(&t.0).trim().to_string()))
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| SigningError::Key("has no token".into()))?;
+    let key = TransitKey {
+        address: k.address.clone(),
+        mount: transit_mount(k),
+        name: kms::hashivault_key(&k.uri)?.to_string(),
+        token: Arc::new(token),
+    };
+    Ok(Arc::new(TransitSigner::connect(key).await?))
 }
 
 /// The pipeline's signing Secret, read when signing or verifying.
@@ -255,11 +309,7 @@ async fn trust_of(
         let pem = String::from_utf8_lossy(&p.0).into_owned();
         return Ok((pem.clone(), Trust::Key(pem)));
     }
-    let signer = ctx
-        .signing
-        .signer(&secret, kind, signer_from_secret)
-        .await
-        .map_err(|e| failure(e.category(), format!("signing Secret {secret_name}: {e}")))?;
+    let signer = loaded_signer(ctx, pipeline, kind, &secret_name, &secret).await?;
     let public = signer.public_key_pem().to_string();
     let trust = match signer.trust_roots() {
         Some(roots) => Trust::Roots(roots),
@@ -321,6 +371,9 @@ fn signer_from_secret(kind: SignerKind, secret: &Secret) -> Result<SharedSigner,
             let password = bytes("cosign.password").unwrap_or_default();
             Ok(Arc::new(KeyPairSigner::from_pem(&key, &password)?))
         }
+        SignerKind::Kms => Err(SigningError::Key(
+            "a KMS signer is made by kms_signer".into(),
+        )),
         SignerKind::X509 => {
             let key =
                 bytes("x509.pem").ok_or_else(|| SigningError::Key("has no x509.pem".into()))?;

@@ -30,6 +30,8 @@ const MAX_ENTRIES: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SecretVersion {
     kind: SignerKind,
+    // What else the signer was made from (a KMS address and key): an edit is another signer.
+    config: String,
     namespace: String,
     name: String,
     uid: String,
@@ -37,9 +39,10 @@ struct SecretVersion {
 }
 
 impl SecretVersion {
-    fn of(kind: SignerKind, secret: &Secret) -> Self {
+    fn of(kind: SignerKind, config: &str, secret: &Secret) -> Self {
         Self {
             kind,
+            config: config.to_string(),
             namespace: secret.namespace().unwrap_or_default(),
             name: secret.name_any(),
             uid: secret.uid().unwrap_or_default(),
@@ -72,22 +75,23 @@ impl SigningPool {
         }
     }
 
-    /// The `kind` signer of `secret`'s material, loaded with `load` on a blocking thread (a
-    /// cosign key's decryption is scrypt) the first time this version of the Secret is seen.
-    pub async fn signer(
+    /// The `kind` signer made from `secret` (and `config`), loaded by `load` the first time this
+    /// version of the Secret is seen; a load that fails is tried again next time.
+    pub async fn signer<F>(
         &self,
         secret: &Secret,
         kind: SignerKind,
-        load: fn(SignerKind, &Secret) -> Result<SharedSigner, SigningError>,
-    ) -> Result<SharedSigner, SigningError> {
-        let version = SecretVersion::of(kind, secret);
+        config: &str,
+        load: F,
+    ) -> Result<SharedSigner, SigningError>
+    where
+        F: std::future::Future<Output = Result<SharedSigner, SigningError>>,
+    {
+        let version = SecretVersion::of(kind, config, secret);
         if let Some(s) = self.lock_signers().get(&version) {
             return Ok(s.clone());
         }
-        let owned = secret.clone();
-        let signer = tokio::task::spawn_blocking(move || load(kind, &owned))
-            .await
-            .map_err(|e| SigningError::Key(format!("loading the key failed: {e}")))??;
+        let signer = load.await?;
         let mut signers = self.lock_signers();
         // Older versions of the same Secret are never used again.
         signers.retain(|k, _| (&k.namespace, &k.name) != (&version.namespace, &version.name));

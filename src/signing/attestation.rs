@@ -98,8 +98,8 @@ fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Signs `statement` into a DSSE envelope (JSON).
-pub fn envelope(signer: &dyn Signer, statement: &[u8]) -> Result<Vec<u8>, SigningError> {
-    let signature = signer.sign(&pae(INTOTO_PAYLOAD_TYPE, statement))?;
+pub async fn envelope(signer: &dyn Signer, statement: &[u8]) -> Result<Vec<u8>, SigningError> {
+    let signature = signer.sign(&pae(INTOTO_PAYLOAD_TYPE, statement)).await?;
     let envelope = Envelope {
         payload_type: INTOTO_PAYLOAD_TYPE.into(),
         payload: BASE64.encode(statement),
@@ -174,7 +174,7 @@ pub async fn attest_image(
     ]);
     annotations.extend(super::certificate_annotations(signer));
     let layer = ImageLayer::new(
-        envelope(signer, &payload)?,
+        envelope(signer, &payload).await?,
         DSSE_MEDIA_TYPE.into(),
         Some(annotations),
     );
@@ -242,13 +242,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn envelopes_open_only_with_the_signing_key_and_untouched() {
+    #[tokio::test]
+    async fn envelopes_open_only_with_the_signing_key_and_untouched() {
         let (signer, _) = KeyPairSigner::generate().expect("generate");
         let (other, _) = KeyPairSigner::generate().expect("generate");
         let statement = Statement::new("r/x", DIGEST, GATES_PREDICATE_TYPE, serde_json::json!({}));
         let payload = serde_json::to_vec(&statement).expect("json");
-        let env = envelope(&signer, &payload).expect("sign");
+        let env = envelope(&signer, &payload).await.expect("sign");
         let key = keys::verification_key(signer.public_key_pem()).expect("key");
         assert_eq!(open(&env, &key).expect("opens"), statement);
         assert!(statement.names_digest(DIGEST));

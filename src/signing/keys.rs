@@ -1,5 +1,6 @@
 //! cosign key pairs: the encrypted `cosign.key` PEM (or an unencrypted PKCS#8 EC key) and `cosign.pub`.
 
+use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use sigstore::crypto::{
     CosignVerificationKey, SigStoreSigner, SigningScheme, signing_key::SigStoreKeyPair,
@@ -73,6 +74,15 @@ impl KeyPairSigner {
     }
 }
 
+impl KeyPairSigner {
+    /// Signs in memory, at once.
+    pub fn sign_now(&self, payload: &[u8]) -> Result<Vec<u8>, SigningError> {
+        self.signer
+            .sign(payload)
+            .map_err(|e| SigningError::Sign(e.to_string()))
+    }
+}
+
 impl Signer for KeyPairSigner {
     fn key_id(&self) -> &str {
         &self.key_id
@@ -82,10 +92,8 @@ impl Signer for KeyPairSigner {
         &self.public_key_pem
     }
 
-    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SigningError> {
-        self.signer
-            .sign(payload)
-            .map_err(|e| SigningError::Sign(e.to_string()))
+    fn sign<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SigningError>> {
+        Box::pin(std::future::ready(self.sign_now(payload)))
     }
 }
 
@@ -145,7 +153,7 @@ mod tests {
         assert!(pem.contains("ENCRYPTED SIGSTORE PRIVATE KEY"));
         let loaded = KeyPairSigner::from_pem(pem.as_bytes(), b"pw").expect("decrypt");
         assert_eq!(loaded.key_id(), signer.key_id());
-        let sig = loaded.sign(b"payload").expect("sign");
+        let sig = loaded.sign_now(b"payload").expect("sign");
         let key = verification_key(signer.public_key_pem()).expect("pub");
         assert!(
             key.verify_signature(sigstore::crypto::Signature::Raw(&sig), b"payload")

@@ -3,6 +3,7 @@
 
 pub mod attestation;
 pub mod keys;
+pub mod kms;
 pub mod payload;
 pub mod storage;
 pub mod x509;
@@ -10,6 +11,7 @@ pub mod x509;
 use std::collections::BTreeMap;
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use futures::future::BoxFuture;
 use oci_client::client::ImageLayer;
 
 use crate::registry::{Registry, RegistryError};
@@ -40,6 +42,14 @@ pub enum SigningError {
     /// The signing certificate or its chain is unusable (expired, not yet valid, not chained).
     #[error("signing certificate: {0}")]
     Certificate(String),
+    /// The KMS could not sign: unreachable, token refused, or an error it reported.
+    #[error("{message}")]
+    Kms {
+        /// KmsUnavailable, KmsUnauthorized or KmsError.
+        category: &'static str,
+        /// What happened; never the token.
+        message: String,
+    },
 }
 
 impl SigningError {
@@ -51,6 +61,7 @@ impl SigningError {
             SigningError::Registry(e) => e.category(),
             SigningError::Verification(_) => "VerificationFailed",
             SigningError::Certificate(_) => "CertificateInvalid",
+            SigningError::Kms { category, .. } => category,
         }
     }
 }
@@ -61,8 +72,9 @@ pub trait Signer: Send + Sync {
     fn key_id(&self) -> &str;
     /// The public key, PEM.
     fn public_key_pem(&self) -> &str;
-    /// Signs the payload.
-    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SigningError>;
+    /// Signs the payload (ASN.1 DER ECDSA, as cosign writes it). Asynchronous: a KMS signs over
+    /// the network.
+    fn sign<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SigningError>>;
     /// The certificate (PEM) and its chain (PEM, intermediates then root) that vouch for the
     /// key, attached to every signature; `None` for a bare key.
     fn certificate_chain(&self) -> Option<(&str, &str)> {
@@ -116,7 +128,7 @@ pub async fn sign_image(
     let payload = payload::simple_signing(repo, digest, annotations);
     let reference = payload::signature_tag(repo, digest);
     let key = keys::verification_key(signer.public_key_pem())?;
-    let signature = BASE64.encode(signer.sign(&payload)?);
+    let signature = BASE64.encode(signer.sign(&payload).await?);
     let mut annotations = BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), signature)]);
     annotations.extend(certificate_annotations(signer));
     let layer = ImageLayer::new(

@@ -2,6 +2,7 @@
 //! attached to each signature as cosign does (`dev.sigstore.cosign/certificate` and `/chain`), so
 //! `cosign verify --certificate-chain ... --certificate-identity ...` accepts it offline.
 
+use futures::future::BoxFuture;
 use jiff::Timestamp;
 use sigstore::crypto::{CosignVerificationKey, Signature, SigningScheme};
 use x509_cert::Certificate;
@@ -108,7 +109,7 @@ impl Signer for X509Signer {
         self.key.public_key_pem()
     }
 
-    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SigningError> {
+    fn sign<'a>(&'a self, payload: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, SigningError>> {
         self.key.sign(payload)
     }
 
@@ -347,7 +348,7 @@ mod tests {
         let chain = parse_pem_certificates(chain).expect("chain");
         assert_eq!(chain.len(), 2);
         verify_chain(leaf, &chain, &signer.roots(), Some(Timestamp::now())).expect("chains");
-        let sig = signer.sign(b"payload").expect("sign");
+        let sig = signer.key.sign_now(b"payload").expect("sign");
         assert!(
             leaf_key(leaf)
                 .expect("key")
