@@ -3,6 +3,7 @@
 
 pub mod chart;
 mod cluster;
+pub mod kms;
 mod namespace;
 pub mod real_node;
 mod registry;
