@@ -40,6 +40,8 @@ pub struct RunConfig {
     pub lease: LeaseConfig,
     /// Registries (host:port) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// The PKCS#11 module for HSM signing, if any.
+    pub pkcs11_module: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone)]
@@ -51,6 +53,11 @@ struct Web {
 /// Runs until a signal arrives or leadership is lost.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let client = operator_client().await?;
+    let pkcs11 = config
+        .pkcs11_module
+        .as_deref()
+        .map(crate::signing::pkcs11::load_module)
+        .transpose()?;
     let metrics: SharedMetrics = Arc::new(Metrics::default());
     let web = Web {
         metrics: metrics.clone(),
@@ -72,6 +79,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         };
         let mut context = Context::new(client.clone(), metrics.clone());
         context.insecure_registries = config.insecure_registries.clone();
+        context.pkcs11 = pkcs11.clone();
         let feeds = Feeds::new();
         context.caches = Some(feeds.caches.clone());
         let ctx = Arc::new(context);

@@ -409,7 +409,7 @@ pub struct SeverityLimits {
 /// The key that signs released images: exactly one of a cosign key pair or an x509 key with its certificate chain.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.secretRef), has(self.x509), has(self.kms)].filter(x, x).size() == 1").message("spec.signing needs exactly one signer: secretRef (a cosign key pair), x509 (a private key with its certificate chain) or kms (a key that never leaves the KMS)"))]
+#[x_kube(validation = Rule::new("[has(self.secretRef), has(self.x509), has(self.kms), has(self.pkcs11)].filter(x, x).size() == 1").message("spec.signing needs exactly one signer: secretRef (a cosign key pair), x509 (a private key with its certificate chain), kms (a key that never leaves the KMS) or pkcs11 (a key in an HSM)"))]
 pub struct SigningSpec {
     /// Secret with cosign.key, cosign.password and cosign.pub, as `cosign generate-key-pair k8s://` writes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -420,6 +420,23 @@ pub struct SigningSpec {
     /// A key held by a KMS, which signs without the key ever leaving it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms: Option<KmsSigning>,
+    /// A key held by an HSM, used through the PKCS#11 module the operator was started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<Pkcs11Signing>,
+}
+
+/// Signing with an HSM key through PKCS#11; the key never leaves the token.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pkcs11Signing {
+    /// Label of the token holding the key.
+    #[schemars(length(min = 1, max = 32))]
+    pub token_label: String,
+    /// Label (CKA_LABEL) of the ECDSA P-256 private key and its public key.
+    #[schemars(length(min = 1, max = 128))]
+    pub key_label: String,
+    /// Secret holding the user PIN under the key `pin`.
+    pub pin_secret_ref: LocalObjectRef,
 }
 
 /// Signing with a KMS key: today the transit engine of a Vault-API server (HashiCorp Vault, OpenBao), as cosign's `hashivault://` keys.
@@ -457,6 +474,8 @@ pub enum SignerKind {
     X509,
     /// A KMS key.
     Kms,
+    /// An HSM key (PKCS#11).
+    Pkcs11,
 }
 
 impl SigningSpec {
@@ -464,6 +483,9 @@ impl SigningSpec {
     pub fn signer(&self) -> (SignerKind, &str) {
         if let Some(k) = &self.kms {
             return (SignerKind::Kms, k.token_secret_ref.name.as_str());
+        }
+        if let Some(h) = &self.pkcs11 {
+            return (SignerKind::Pkcs11, h.pin_secret_ref.name.as_str());
         }
         match (&self.secret_ref, &self.x509) {
             (_, Some(x)) => (SignerKind::X509, x.secret_ref.name.as_str()),

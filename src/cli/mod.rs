@@ -74,6 +74,9 @@ struct RunArgs {
         value_delimiter = ','
     )]
     insecure_registries: Vec<String>,
+    /// PKCS#11 module (.so) for pipelines that sign with an HSM key (spec.signing.pkcs11).
+    #[arg(long, env = "SLUICE_PKCS11_MODULE")]
+    pkcs11_module: Option<std::path::PathBuf>,
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, env = "SLUICE_LEASE_SECONDS", default_value_t = operator::DEFAULT_LEASE_DURATION.as_secs())]
     lease_seconds: u64,
@@ -170,6 +173,7 @@ fn run(args: RunArgs) -> ExitCode {
     let config = operator::RunConfig {
         listen: args.listen,
         insecure_registries: args.insecure_registries,
+        pkcs11_module: args.pkcs11_module,
         lease: LeaseConfig {
             name: args.lease_name,
             namespace: args.lease_namespace,

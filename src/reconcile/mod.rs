@@ -47,6 +47,8 @@ pub struct Context {
     pub caches: Option<caches::Caches>,
     /// Decrypted signers, registry clients and signing slots.
     pub signing: signing_pool::SigningPool,
+    /// The PKCS#11 module the operator was started with, initialized once.
+    pub pkcs11: Option<std::sync::Arc<cryptoki::context::Pkcs11>>,
 }
 
 impl Context {
@@ -65,6 +67,7 @@ impl Context {
             insecure_registries: Vec::new(),
             failures: FailureCounts::default(),
             caches: None,
+            pkcs11: None,
         }
     }
 

@@ -180,6 +180,9 @@ pub fn secret_hint(kind: SignerKind, secret: &str) -> String {
         SignerKind::CosignKey => {
             format!("create it with `cosign generate-key-pair k8s://<namespace>/{secret}`")
         }
+        SignerKind::Pkcs11 => format!(
+            "create it with `kubectl create secret generic {secret} --from-literal=pin=<user PIN>`"
+        ),
         SignerKind::Kms => format!(
             "create it with `kubectl create secret generic {secret} --from-literal=token=<token>`"
         ),

@@ -14,7 +14,7 @@ use crate::{
     api::{
         ModelRelease, SecurePipeline,
         conditions::reason,
-        pipeline::{KmsSigning, SignerKind},
+        pipeline::{KmsSigning, Pkcs11Signing, SignerKind},
         release::{ImageRef, SignatureRef, StageStatus},
     },
     registry::Registry,
@@ -23,6 +23,7 @@ use crate::{
         attestation::{self, GATES_PREDICATE_TYPE, Statement},
         keys::KeyPairSigner,
         kms::{self, TransitKey, TransitSigner},
+        pkcs11::{HsmKey, Pkcs11Signer},
         x509::X509Signer,
     },
 };
@@ -180,14 +181,20 @@ async fn loaded_signer(
     secret_name: &str,
     secret: &Secret,
 ) -> Result<SharedSigner, SigningFailure> {
-    let kms = pipeline.spec.signing.as_ref().and_then(|s| s.kms.clone());
-    let config = kms.as_ref().map_or_else(String::new, |k| {
-        format!("{} {} {}", k.address, transit_mount(k), k.uri)
-    });
+    let signing = pipeline.spec.signing.clone();
+    let kms = signing.as_ref().and_then(|s| s.kms.clone());
+    let hsm = signing.as_ref().and_then(|s| s.pkcs11.clone());
+    let config = match (&kms, &hsm) {
+        (Some(k), _) => format!("{} {} {}", k.address, transit_mount(k), k.uri),
+        (None, Some(h)) => format!("{} {}", h.token_label, h.key_label),
+        (None, None) => String::new(),
+    };
     let owned = secret.clone();
+    let module = ctx.pkcs11.clone();
     let load = async move {
-        match kms {
-            Some(k) if kind == SignerKind::Kms => kms_signer(&k, &owned).await,
+        match (kind, kms, hsm) {
+            (SignerKind::Kms, Some(k), _) => kms_signer(&k, &owned).await,
+            (SignerKind::Pkcs11, _, Some(h)) => hsm_signer(module, h, owned).await,
             _ => tokio::task::spawn_blocking(move || signer_from_secret(kind, &owned))
                 .await
                 .map_err(|e| SigningError::Key(format!("loading the key failed: {e}")))?,
@@ -204,6 +211,34 @@ async fn loaded_signer(
                 format!("signing Secret {secret_name}: {other}"),
             ),
         })
+}
+
+/// An HSM signer for `h`, with the PIN from `secret` (key `pin`), opened on a blocking thread.
+async fn hsm_signer(
+    module: Option<Arc<cryptoki::context::Pkcs11>>,
+    h: Pkcs11Signing,
+    secret: Secret,
+) -> Result<SharedSigner, SigningError> {
+    let module = module.ok_or_else(|| SigningError::Kms {
+        category: "HsmNotConfigured",
+        message: "the operator was started without a PKCS#11 module (--pkcs11-module): it cannot use HSM keys".into(),
+    })?;
+    let pin = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("pin"))
+        .map(|p| String::from_utf8_lossy(&p.0).trim().to_string())
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| SigningError::Key("has no pin".into()))?;
+    let key = HsmKey {
+        token_label: h.token_label,
+        key_label: h.key_label,
+        pin: Arc::new(pin.into()),
+    };
+    tokio::task::spawn_blocking(move || Pkcs11Signer::open(module, key))
+        .await
+        .map_err(|e| SigningError::Key(format!("opening the HSM key failed: {e}")))?
+        .map(|s| Arc::new(s) as SharedSigner)
 }
 
 fn transit_mount(k: &KmsSigning) -> String {
@@ -371,8 +406,8 @@ fn signer_from_secret(kind: SignerKind, secret: &Secret) -> Result<SharedSigner,
             let password = bytes("cosign.password").unwrap_or_default();
             Ok(Arc::new(KeyPairSigner::from_pem(&key, &password)?))
         }
-        SignerKind::Kms => Err(SigningError::Key(
-            "a KMS signer is made by kms_signer".into(),
+        SignerKind::Kms | SignerKind::Pkcs11 => Err(SigningError::Key(
+            "KMS and HSM signers are made by kms_signer and hsm_signer".into(),
         )),
         SignerKind::X509 => {
             let key =

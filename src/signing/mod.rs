@@ -5,6 +5,7 @@ pub mod attestation;
 pub mod keys;
 pub mod kms;
 pub mod payload;
+pub mod pkcs11;
 pub mod storage;
 pub mod x509;
 
