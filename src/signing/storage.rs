@@ -5,8 +5,8 @@
 //! the registry API has no compare-and-swap, so two writers (Tekton Chains, cosign, another
 //! Sluice) can each drop the other's layer. An append here therefore re-reads and retries: it
 //! pushes only while the tag still names the manifest it read (checked right before the manifest
-//! write), confirms afterwards that its layer is there, and writes back every layer it has seen
-//! when another writer dropped one.
+//! write), looks again once a concurrent write would have landed, and writes back every layer it
+//! has seen when another writer dropped one.
 
 use std::time::Duration;
 
@@ -17,6 +17,8 @@ use crate::registry::{Artifact, Pushed, Registry, RegistryError};
 
 /// Reads and writes of one append before it gives up (the tag kept moving).
 const APPEND_ATTEMPTS: u32 = 8;
+/// The least time an append waits after its write before it looks whether the write stood.
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// The two artifacts cosign attaches to an image digest, each under its own tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,11 +122,19 @@ pub async fn append(
             layers.push(layer.clone());
         }
         let expected = current.manifest_digest.as_deref();
+        let started = std::time::Instant::now();
         if let Pushed::Pushed(pushed) = registry.push_layers(&tag, layers, expected).await? {
-            // Still ours right after the write: nobody wrote between our check and now.
-            if registry.current_digest(&tag).await?.as_deref() == Some(pushed.as_str()) {
+            // Another writer may have checked the tag just before our write and write its own
+            // manifest, without our layer, just after: look again once such a write would have
+            // landed (twice our own write's time), and start over if it did.
+            tokio::time::sleep((started.elapsed() * 2).max(SETTLE)).await;
+            let now = read(registry, kind, repo, digest).await?;
+            remember(&mut seen, &now.layers);
+            if now.manifest_digest.as_deref() == Some(pushed.as_str())
+                || complete(&now.layers, &seen, &is_same)
+            {
                 return Ok(Appended {
-                    manifest_digest: Some(pushed),
+                    manifest_digest: now.manifest_digest,
                     already: false,
                 });
             }
