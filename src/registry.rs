@@ -193,6 +193,127 @@ impl Registry {
         }
     }
 
+    /// The manifest `reference` names: its bytes (at most `max`), digest and media type; `None`
+    /// when there is none.
+    pub async fn manifest(
+        &self,
+        reference: &str,
+        max: usize,
+    ) -> Result<Option<RawManifest>, RegistryError> {
+        let parsed = Self::reference(reference)?;
+        let started = Instant::now();
+        let pulled = self
+            .client
+            .pull_manifest_raw(&parsed, &self.auth, MANIFEST_MEDIA_TYPES)
+            .await;
+        self.observe("manifest", started, &pulled);
+        let (bytes, digest) = match pulled {
+            Ok(p) => p,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(classify(reference, e)),
+        };
+        if bytes.len() > max {
+            return Err(RegistryError::Other {
+                reference: reference.to_string(),
+                detail: format!("manifest larger than {max} bytes"),
+            });
+        }
+        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+            .unwrap_or_else(|| OCI_IMAGE_MEDIA_TYPE.to_string());
+        Ok(Some(RawManifest {
+            bytes: bytes.to_vec(),
+            digest,
+            media_type,
+        }))
+    }
+
+    /// Uploads `data` as a blob of `repo`; returns its digest.
+    pub async fn push_blob(&self, repo: &str, data: Vec<u8>) -> Result<String, RegistryError> {
+        let reference = Self::reference(repo)?;
+        let digest = format!("sha256:{}", hex(&Sha256::digest(&data)));
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
+            .await;
+        let started = Instant::now();
+        let pushed = self.client.push_blob(&reference, data, &digest).await;
+        self.observe("push", started, &pushed);
+        pushed.map_err(|e| classify(repo, e))?;
+        Ok(digest)
+    }
+
+    /// Writes a manifest (`body`, of `media_type`) under `reference` (a tag, or `repo@digest`);
+    /// returns its digest.
+    pub async fn push_manifest(
+        &self,
+        reference: &str,
+        body: Vec<u8>,
+        media_type: &'static str,
+    ) -> Result<String, RegistryError> {
+        let parsed = Self::reference(reference)?;
+        let digest = format!("sha256:{}", hex(&Sha256::digest(&body)));
+        self.client
+            .store_auth_if_needed(parsed.resolve_registry(), &self.auth)
+            .await;
+        let started = Instant::now();
+        let pushed = self
+            .client
+            .push_manifest_raw(&parsed, body, http::HeaderValue::from_static(media_type))
+            .await;
+        self.observe("push", started, &pushed);
+        pushed.map_err(|e| classify(reference, e))?;
+        Ok(digest)
+    }
+
+    /// A blob of `repo`, at most `max` bytes, its digest checked.
+    pub async fn blob(
+        &self,
+        repo: &str,
+        digest: &str,
+        max: usize,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let reference = Self::reference(repo)?;
+        let descriptor = oci_client::manifest::OciDescriptor {
+            digest: digest.to_string(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let started = Instant::now();
+        let pulled = self
+            .client
+            .pull_blob(&reference, &descriptor, &mut out)
+            .await;
+        self.observe("pull", started, &pulled);
+        pulled.map_err(|e| classify(repo, e))?;
+        if out.len() > max {
+            return Err(RegistryError::Other {
+                reference: format!("{repo}@{digest}"),
+                detail: format!("blob larger than {max} bytes"),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The referrers of `repo@digest` (of `artifact_type` when given): the registry's referrers
+    /// API where it has one, the referrers tag schema otherwise (what oci-client's reader does).
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        digest: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<oci_client::manifest::ImageIndexEntry>, RegistryError> {
+        let name = format!("{repo}@{digest}");
+        let reference = Self::reference(&name)?;
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
+            .await;
+        let started = Instant::now();
+        let pulled = self.client.pull_referrers(&reference, artifact_type).await;
+        self.observe("referrers", started, &pulled);
+        Ok(pulled.map_err(|e| classify(&name, e))?.manifests)
+    }
+
     /// The digest `reference` names now, `None` when nothing is there.
     pub async fn current_digest(&self, reference: &str) -> Result<Option<String>, RegistryError> {
         match self.resolve_digest(reference).await {
@@ -246,6 +367,25 @@ impl Registry {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Manifest media types a pull accepts.
+const MANIFEST_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// A manifest as the registry holds it.
+#[derive(Debug, Clone)]
+pub struct RawManifest {
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Its media type.
+    pub media_type: String,
 }
 
 /// The outcome of a conditional push.

@@ -423,6 +423,34 @@ pub struct SigningSpec {
     /// A key held by an HSM, used through the PKCS#11 module the operator was started with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pkcs11: Option<Pkcs11Signing>,
+    /// Where signatures and the gates attestation go: legacy (cosign's .sig/.att tags, the default), bundle (sigstore bundles as OCI referrers of the image) or both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<SignatureFormat>,
+}
+
+/// How signatures are stored.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SignatureFormat {
+    /// cosign's `.sig` and `.att` tags.
+    #[default]
+    Legacy,
+    /// Sigstore bundles (v0.3) as OCI 1.1 referrers.
+    Bundle,
+    /// Both.
+    Both,
+}
+
+impl SignatureFormat {
+    /// Whether the `.sig`/`.att` tags are written.
+    pub fn legacy(self) -> bool {
+        matches!(self, Self::Legacy | Self::Both)
+    }
+
+    /// Whether bundles are written.
+    pub fn bundle(self) -> bool {
+        matches!(self, Self::Bundle | Self::Both)
+    }
 }
 
 /// Signing with an HSM key through PKCS#11; the key never leaves the token.

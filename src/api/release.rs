@@ -342,6 +342,9 @@ pub struct SignatureRef {
     /// Digest of the signature manifest as pushed; while the signature tag still names it, the check before the rollout needs no second fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_digest: Option<String>,
+    /// The sigstore bundles written as OCI referrers (signature, then attestation), when the pipeline's format includes bundle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<String>,
 }
 
 /// Observed state of a ModelRelease.

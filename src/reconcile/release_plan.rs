@@ -810,6 +810,7 @@ mod tests {
             key_id: "sha256:ab".into(),
             signed_at: "2026-11-23T12:00:00Z".into(),
             manifest_digest: None,
+            bundles: Vec::new(),
         });
         release.status = Some(status);
         let signed = plan_at_fixture_time(&release, &trs);

@@ -14,7 +14,7 @@ use crate::{
     api::{
         ModelRelease, SecurePipeline,
         conditions::reason,
-        pipeline::{KmsSigning, Pkcs11Signing, SignerKind},
+        pipeline::{KmsSigning, Pkcs11Signing, SignatureFormat, SignerKind},
         release::{ImageRef, SignatureRef, StageStatus},
     },
     registry::Registry,
@@ -76,13 +76,14 @@ pub async fn sign(
         .signing
         .image_lock(&format!("{}@{}", image.repository, image.digest))
         .await;
-    let result = sign_and_attest(&registry, &signer, image, &annotations, &statement).await;
+    let format = signature_format(pipeline);
+    let result = sign_and_attest(&registry, &signer, image, &annotations, &statement, format).await;
     drop(held);
     drop(slot);
     ctx.metrics
         .signing_duration
         .observe(started.elapsed().as_secs_f64());
-    let (signed, attested) = result.map_err(|e| SigningFailure {
+    let stored = result.map_err(|e| SigningFailure {
         category: e.category(),
         block: e.category() == "DigestNotFound",
         message: match &e {
@@ -94,26 +95,64 @@ pub async fn sign(
         },
     })?;
     Ok(SignatureRef {
-        reference: signed.reference,
-        attestation: Some(attested.reference),
         key_id: signer.key_id().to_string(),
         signed_at: (ctx.now)().to_string(),
-        manifest_digest: signed.manifest_digest,
+        ..stored
     })
 }
 
+/// The pipeline's `spec.signing.format` (legacy when unset).
+fn signature_format(pipeline: &SecurePipeline) -> SignatureFormat {
+    pipeline
+        .spec
+        .signing
+        .as_ref()
+        .and_then(|s| s.format)
+        .unwrap_or_default()
+}
+
+/// Signs and attests in the pipeline's format(s); the returned reference's key and time are the
+/// caller's to fill.
 async fn sign_and_attest(
     registry: &Registry,
     signer: &SharedSigner,
     image: &ImageRef,
     annotations: &BTreeMap<String, String>,
     statement: &Statement,
-) -> Result<(signing::SignedImage, attestation::Attested), SigningError> {
+    format: SignatureFormat,
+) -> Result<SignatureRef, SigningError> {
     let (repo, digest) = (&image.repository, &image.digest);
-    let signed = signing::sign_image(registry, signer.as_ref(), repo, digest, annotations).await?;
-    let attested =
-        attestation::attest_image(registry, signer.as_ref(), repo, digest, statement).await?;
-    Ok((signed, attested))
+    let mut stored = SignatureRef {
+        reference: String::new(),
+        attestation: None,
+        key_id: String::new(),
+        signed_at: String::new(),
+        manifest_digest: None,
+        bundles: Vec::new(),
+    };
+    if format.legacy() {
+        let signed =
+            signing::sign_image(registry, signer.as_ref(), repo, digest, annotations).await?;
+        let attested =
+            attestation::attest_image(registry, signer.as_ref(), repo, digest, statement).await?;
+        stored.reference = signed.reference;
+        stored.attestation = Some(attested.reference);
+        stored.manifest_digest = signed.manifest_digest;
+    }
+    if format.bundle() {
+        // The build's digest is not trusted: it must exist before anything refers to it.
+        registry.require_manifest(repo, digest).await?;
+        let sig = signing::bundle::signature_statement(digest);
+        let signed = signing::ensure_bundle(registry, signer.as_ref(), repo, digest, &sig).await?;
+        let attested =
+            signing::ensure_bundle(registry, signer.as_ref(), repo, digest, statement).await?;
+        if !format.legacy() {
+            stored.reference = signed.clone();
+            stored.attestation = Some(attested.clone());
+        }
+        stored.bundles = vec![signed, attested];
+    }
+    Ok(stored)
 }
 
 /// The gates predicate: the release, then every judged (pre-deploy) stage with its TaskRun,
@@ -314,20 +353,34 @@ pub async fn verify(
     let (public, trust) = trust_of(ctx, pipeline, &ns).await?;
     let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
     let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
-    if signed_as_recorded(&registry, release, &public, image).await {
+    let format = signature_format(pipeline);
+    if format.legacy() && signed_as_recorded(&registry, release, &public, image).await {
         return Ok(());
     }
-    signing::verify_image(&registry, &trust, &image.repository, &image.digest)
-        .await
-        .map(|_| ())
-        .map_err(|e| match e {
-            SigningError::Verification(m) => SigningFailure {
-                category: reason::SIGNATURE_INVALID,
-                message: format!("signature verification before the rollout failed: {m}"),
-                block: true,
-            },
-            other => failure(other.category(), other.to_string()),
-        })
+    let (repo, digest) = (&image.repository, &image.digest);
+    let legacy = if format.legacy() {
+        signing::verify_image(&registry, &trust, repo, digest)
+            .await
+            .map(|_| ())
+    } else {
+        Err(SigningError::Verification(
+            "no legacy signature expected".into(),
+        ))
+    };
+    // Whichever format is there: a bundle verifies when the .sig does not (or is not written).
+    let verified = match legacy {
+        Ok(()) => Ok(()),
+        Err(e) if !format.bundle() => Err(e),
+        Err(_) => signing::verify_bundles(&registry, &trust, repo, digest).await,
+    };
+    verified.map_err(|e| match e {
+        SigningError::Verification(m) => SigningFailure {
+            category: reason::SIGNATURE_INVALID,
+            message: format!("signature verification before the rollout failed: {m}"),
+            block: true,
+        },
+        other => failure(other.category(), other.to_string()),
+    })
 }
 
 /// What verification trusts, with the public key of the pipeline's signer: a cosign Secret's

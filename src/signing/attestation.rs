@@ -32,14 +32,16 @@ pub struct Statement {
     /// What kind of predicate follows.
     #[serde(rename = "predicateType")]
     pub predicate_type: String,
-    /// The claim itself.
+    /// The claim itself (none in cosign's signature statement).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub predicate: Value,
 }
 
 /// One artifact named by a statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subject {
-    /// The repository.
+    /// The repository (cosign's signature statement leaves it out).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// Algorithm to hex digest.
     pub digest: BTreeMap<String, String>,
@@ -60,7 +62,8 @@ impl Statement {
         }
     }
 
-    fn names_digest(&self, digest: &str) -> bool {
+    /// Whether a subject of the statement is exactly `digest`.
+    pub fn names_digest(&self, digest: &str) -> bool {
         let Some((algorithm, hex)) = digest.split_once(':') else {
             return false;
         };
@@ -86,7 +89,7 @@ struct EnvelopeSignature {
 }
 
 /// DSSE pre-authentication encoding: what is actually signed.
-fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "DSSEv1 {} {payload_type} {} ",
         payload_type.len(),

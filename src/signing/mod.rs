@@ -2,6 +2,7 @@
 //! (cosign simple signing), and storage in the registry (`crate::registry`).
 
 pub mod attestation;
+pub mod bundle;
 pub mod keys;
 pub mod kms;
 pub mod payload;
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use futures::future::BoxFuture;
 use oci_client::client::ImageLayer;
+use x509_cert::der::Decode;
 
 use crate::registry::{Registry, RegistryError};
 use storage::Attached;
@@ -100,7 +102,8 @@ pub type SharedSigner = std::sync::Arc<dyn Signer>;
 pub enum Trust {
     /// A public key, PEM.
     Key(String),
-    /// Root certificates; the signature's own certificate and chain lead to one of them.
+    /// The signer's certificate chain: its self-signed certificates are the roots the
+    /// signature's certificate must lead to, the others may serve as intermediates.
     Roots(Vec<x509_cert::Certificate>),
 }
 
@@ -240,12 +243,85 @@ fn certificate_key(
         .into_iter()
         .next()
         .ok_or("the certificate annotation holds no certificate")?;
-    let chain = match annotations.and_then(|a| a.get(x509::CHAIN_ANNOTATION)) {
+    let mut chain = match annotations.and_then(|a| a.get(x509::CHAIN_ANNOTATION)) {
         Some(text) => x509::parse_pem_certificates(text)?,
         None => Vec::new(),
     };
-    x509::verify_chain(&leaf, &chain, roots, Some(now))?;
+    chain.extend(roots.iter().cloned());
+    x509::verify_chain(&leaf, &chain, &x509::roots(roots), Some(now))?;
     x509::leaf_key(&leaf)
+}
+
+/// The key that verifies a bundle under `trust`: the public key, or the bundle's certificate once
+/// it leads to the chain's roots.
+pub fn bundle_key(
+    bundle: &serde_json::Value,
+    trust: &Trust,
+) -> Result<sigstore::crypto::CosignVerificationKey, String> {
+    match trust {
+        Trust::Key(pem) => keys::verification_key(pem).map_err(|e| e.to_string()),
+        Trust::Roots(chain) => {
+            let der = bundle::certificate(bundle).ok_or("the bundle carries no certificate")?;
+            let leaf = x509_cert::Certificate::from_der(&der)
+                .map_err(|e| format!("the bundle's certificate is not x509: {e}"))?;
+            x509::verify_chain(
+                &leaf,
+                chain,
+                &x509::roots(chain),
+                Some(jiff::Timestamp::now()),
+            )?;
+            x509::leaf_key(&leaf)
+        }
+    }
+}
+
+/// Verifies `repo@digest` from its signature bundles (OCI referrers) under `trust`.
+pub async fn verify_bundles(
+    registry: &Registry,
+    trust: &Trust,
+    repo: &str,
+    digest: &str,
+) -> Result<(), SigningError> {
+    let found = bundle::find(registry, repo, digest, bundle::COSIGN_SIGN_PREDICATE).await?;
+    if found.is_empty() {
+        return Err(SigningError::Verification(format!(
+            "no signature bundle refers to {repo}@{digest}"
+        )));
+    }
+    let mut problems = Vec::new();
+    for (_, b) in &found {
+        match bundle_key(b, trust)
+            .and_then(|key| bundle::open(b, &key, digest, bundle::COSIGN_SIGN_PREDICATE))
+        {
+            Ok(_) => return Ok(()),
+            Err(p) => problems.push(p),
+        }
+    }
+    problems.dedup();
+    Err(SigningError::Verification(format!(
+        "no valid signature bundle for {repo}@{digest} by this key: {}",
+        problems.join("; ")
+    )))
+}
+
+/// The bundle of `statement` by `signer` referring to `repo@digest`: one already there (verified
+/// with the signer's key, same statement) or a new one. Returns its referrer reference.
+pub async fn ensure_bundle(
+    registry: &Registry,
+    signer: &dyn Signer,
+    repo: &str,
+    digest: &str,
+    statement: &attestation::Statement,
+) -> Result<String, SigningError> {
+    let key = keys::verification_key(signer.public_key_pem())?;
+    let predicate = statement.predicate_type.as_str();
+    for (reference, b) in bundle::find(registry, repo, digest, predicate).await? {
+        if bundle::open(&b, &key, digest, predicate).is_ok_and(|s| &s == statement) {
+            return Ok(reference);
+        }
+    }
+    let made = bundle::make(signer, statement).await?;
+    Ok(bundle::attach(registry, repo, digest, made, predicate).await?)
 }
 
 fn layer_verifies(layer: &ImageLayer, key: &sigstore::crypto::CosignVerificationKey) -> bool {

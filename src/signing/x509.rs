@@ -122,7 +122,7 @@ impl Signer for X509Signer {
     }
 
     fn trust_roots(&self) -> Option<Vec<Certificate>> {
-        Some(self.roots())
+        Some(self.chain.clone())
     }
 }
 
