@@ -1,5 +1,5 @@
 # The README's two commands are `make demo` and `make test`.
-.PHONY: demo test unit e2e soak soak-short node-smoke fuzz lint crds check-crds bundle cluster-up cluster-down
+.PHONY: demo test unit e2e soak soak-short node-smoke fuzz lint crds check-crds bundle cluster-up cluster-down sign-bench
 
 CARGO ?= cargo
 
@@ -49,6 +49,11 @@ bundle:
 
 cluster-up:
 	e2e/cluster up
+
+# Signing latency per signer (cosign key, x509 chain, KMS, HSM), median and p90 of 20, against the
+# running e2e cluster (`make cluster-up` first).
+sign-bench:
+	SOFTHSM2_CONF=$(CURDIR)/.e2e/softhsm2.conf SLUICE_E2E_DIR=$(CURDIR)/.e2e $(CARGO) run -q -p sluice-e2e --bin sign_bench
 
 cluster-down:
 	e2e/cluster down
