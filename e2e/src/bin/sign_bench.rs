@@ -69,7 +69,7 @@ async fn main() -> Result<()> {
             signing::verify_image(&registry, &trust, REPOSITORY, &digest).await?;
         }
         println!(
-            "{name:<16} {:>14.1} {:>14.1} {:>16.1} {:>16.1}",
+            "{name:<16} {:>14.2} {:>14.2} {:>16.1} {:>16.1}",
             pct(&mut alone, 50),
             pct(&mut alone, 90),
             pct(&mut append, 50),
