@@ -169,28 +169,41 @@ impl Registry {
         layers: Vec<ImageLayer>,
         expected: Option<&str>,
     ) -> Result<Pushed, RegistryError> {
-        let tag = reference.to_string();
-        let reference = Self::reference(&tag)?;
         let config = Config::oci_v1(b"{}".to_vec(), None);
         let mut manifest = OciImageManifest::build(&layers, &config, None);
         manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
         // Serialized here with standard JSON escaping: oci-client's canonical form leaves a
         // newline raw inside a string (an annotation holding a PEM certificate), which registries
-        // refuse as invalid JSON. The manifest's digest is then known without asking.
+        // refuse as invalid JSON.
         let body = serde_json::to_vec(&manifest).map_err(|e| RegistryError::Other {
-            reference: tag.clone(),
+            reference: reference.to_string(),
             detail: e.to_string(),
         })?;
-        let manifest_digest = format!("sha256:{}", hex(&Sha256::digest(&body)));
-        let started = Instant::now();
-        let pushed = self
-            .push_parts(&reference, &layers, config, &manifest, body, expected)
-            .await;
-        self.observe("push", started, &pushed);
-        match pushed.map_err(|e| classify(&tag, e))? {
-            true => Ok(Pushed::Pushed(manifest_digest)),
-            false => Ok(Pushed::Moved),
+        for layer in &layers {
+            self.push_blob(reference, layer.data.to_vec()).await?;
         }
+        self.push_blob(reference, config.data.to_vec()).await?;
+        self.push_manifest_if(reference, body, OCI_IMAGE_MEDIA_TYPE, expected)
+            .await
+    }
+
+    /// Writes a manifest under the tag `reference` provided the tag still names `expected`
+    /// (`None`: no manifest); `Moved`, writing nothing, when it does not. The registry API has no
+    /// compare-and-swap on a tag: the check is as late as it can be, right before the write (one
+    /// round trip of window remains; `signing::storage` looks again afterwards).
+    pub async fn push_manifest_if(
+        &self,
+        reference: &str,
+        body: Vec<u8>,
+        media_type: &'static str,
+        expected: Option<&str>,
+    ) -> Result<Pushed, RegistryError> {
+        if self.current_digest(reference).await?.as_deref() != expected {
+            return Ok(Pushed::Moved);
+        }
+        self.push_manifest(reference, body, media_type)
+            .await
+            .map(Pushed::Pushed)
     }
 
     /// The manifest `reference` names: its bytes (at most `max`), digest and media type; `None`
@@ -232,7 +245,7 @@ impl Registry {
     /// Uploads `data` as a blob of `repo`; returns its digest.
     pub async fn push_blob(&self, repo: &str, data: Vec<u8>) -> Result<String, RegistryError> {
         let reference = Self::reference(repo)?;
-        let digest = format!("sha256:{}", hex(&Sha256::digest(&data)));
+        let digest = sha256_digest(&data);
         self.client
             .store_auth_if_needed(reference.resolve_registry(), &self.auth)
             .await;
@@ -252,7 +265,7 @@ impl Registry {
         media_type: &'static str,
     ) -> Result<String, RegistryError> {
         let parsed = Self::reference(reference)?;
-        let digest = format!("sha256:{}", hex(&Sha256::digest(&body)));
+        let digest = sha256_digest(&body);
         self.client
             .store_auth_if_needed(parsed.resolve_registry(), &self.auth)
             .await;
@@ -322,51 +335,15 @@ impl Registry {
             Err(e) => Err(e),
         }
     }
-
-    async fn push_parts(
-        &self,
-        reference: &Reference,
-        layers: &[ImageLayer],
-        config: Config,
-        manifest: &OciImageManifest,
-        body: Vec<u8>,
-        expected: Option<&str>,
-    ) -> Result<bool, OciDistributionError> {
-        self.client
-            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
-            .await;
-        for (layer, descriptor) in layers.iter().zip(&manifest.layers) {
-            self.client
-                .push_blob(reference, layer.data.clone(), &descriptor.digest)
-                .await?;
-        }
-        self.client
-            .push_blob(reference, config.data, &manifest.config.digest)
-            .await?;
-        // The registry API has no compare-and-swap on a tag: the check is as late as it can be,
-        // right before the manifest write (one round trip of window remains).
-        let now = match self
-            .client
-            .fetch_manifest_digest(reference, &self.auth)
-            .await
-        {
-            Ok(d) => Some(d),
-            Err(e) if is_not_found(&e) => None,
-            Err(e) => return Err(e),
-        };
-        if now.as_deref() != expected {
-            return Ok(false);
-        }
-        let media_type = http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE);
-        self.client
-            .push_manifest_raw(reference, body, media_type)
-            .await
-            .map(|_| true)
-    }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// `sha256:<hex>` of `bytes`: the digest the registry names content by.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    let hex: String = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
 }
 
 /// Manifest media types a pull accepts.

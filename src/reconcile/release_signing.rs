@@ -140,12 +140,13 @@ async fn sign_and_attest(
         stored.manifest_digest = signed.manifest_digest;
     }
     if format.bundle() {
-        // The build's digest is not trusted: it must exist before anything refers to it.
-        registry.require_manifest(repo, digest).await?;
+        // Read once for both bundles; a digest not in the registry is `NotFound` here.
+        let subject = signing::bundle::subject(registry, repo, digest).await?;
         let sig = signing::bundle::signature_statement(digest);
-        let signed = signing::ensure_bundle(registry, signer.as_ref(), repo, digest, &sig).await?;
+        let signed =
+            signing::ensure_bundle(registry, signer.as_ref(), repo, &subject, &sig).await?;
         let attested =
-            signing::ensure_bundle(registry, signer.as_ref(), repo, digest, statement).await?;
+            signing::ensure_bundle(registry, signer.as_ref(), repo, &subject, statement).await?;
         if !format.legacy() {
             stored.reference = signed.clone();
             stored.attestation = Some(attested.clone());

@@ -176,14 +176,16 @@ pub async fn attest_image(
         ),
     ]);
     annotations.extend(super::certificate_annotations(signer));
-    let layer = ImageLayer::new(
-        envelope(signer, &payload).await?,
-        DSSE_MEDIA_TYPE.into(),
-        Some(annotations),
-    );
+    let make = || async {
+        Ok(ImageLayer::new(
+            envelope(signer, &payload).await?,
+            DSSE_MEDIA_TYPE.into(),
+            Some(annotations),
+        ))
+    };
     let same = |l: &ImageLayer| open(&l.data, &key).is_ok_and(|s| &s == statement);
     let appended =
-        storage::append(registry, Attached::Attestation, repo, digest, layer, same).await?;
+        storage::append(registry, Attached::Attestation, repo, digest, make, same).await?;
     Ok(Attested {
         reference,
         already_attested: appended.already,

@@ -6,7 +6,7 @@
 //! overwrite each other's bundle; only the tag schema's index is read-modify-write, guarded as the
 //! `.sig` appends are.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use serde_json::{Value, json};
@@ -15,8 +15,9 @@ use sha2::{Digest, Sha256};
 use super::{
     Signer, SigningError,
     attestation::{self, Statement},
+    storage,
 };
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Pushed, RawManifest, Registry, RegistryError, sha256_digest};
 
 /// Media type (and artifact type) of a sigstore bundle v0.3.
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
@@ -64,19 +65,37 @@ pub async fn make(signer: &dyn Signer, statement: &Statement) -> Result<Vec<u8>,
     serde_json::to_vec(&bundle).map_err(|e| SigningError::Sign(e.to_string()))
 }
 
-/// Stores `bundle` (of `predicate_type`) as a referrer of `repo@digest`; returns the referrer
-/// manifest's reference `repo@sha256:<hex>`.
-pub async fn attach(
+/// The image manifest bundles refer to; `NotFound` when `repo@digest` is not in the registry
+/// (the build's results are not trusted: nothing refers to a digest that does not exist).
+pub async fn subject(
     registry: &Registry,
     repo: &str,
     digest: &str,
+) -> Result<RawManifest, RegistryError> {
+    let name = format!("{repo}@{digest}");
+    let found = registry
+        .manifest(&name, MAX_BUNDLE)
+        .await?
+        .ok_or_else(|| RegistryError::NotFound(name.clone()))?;
+    if found.digest != digest {
+        return Err(RegistryError::Other {
+            reference: name,
+            detail: format!("registry answered digest {}", found.digest),
+        });
+    }
+    Ok(found)
+}
+
+/// Stores `bundle` (of `predicate_type`) as a referrer of `subject`, the manifest of
+/// `repo@digest`; returns the referrer manifest's reference `repo@sha256:<hex>`.
+pub async fn attach(
+    registry: &Registry,
+    repo: &str,
+    subject: &RawManifest,
     bundle: Vec<u8>,
     predicate_type: &str,
 ) -> Result<String, RegistryError> {
-    let subject = registry
-        .manifest(&format!("{repo}@{digest}"), MAX_BUNDLE)
-        .await?
-        .ok_or_else(|| RegistryError::NotFound(format!("{repo}@{digest}")))?;
+    let digest = subject.digest.as_str();
     let empty = registry.push_blob(repo, b"{}".to_vec()).await?;
     let size = bundle.len();
     let layer = registry.push_blob(repo, bundle).await?;
@@ -101,7 +120,7 @@ pub async fn attach(
         detail: e.to_string(),
     })?;
     let size = body.len();
-    let referrer = format!("sha256:{}", hex(&Sha256::digest(&body)));
+    let referrer = sha256_digest(&body);
     registry
         .push_manifest(&format!("{repo}@{referrer}"), body, OCI_MANIFEST)
         .await?;
@@ -148,17 +167,19 @@ async fn add_to_tag_index(
             detail: e.to_string(),
         })?;
         let expected = current.map(|m| m.digest);
-        if registry.current_digest(&tag).await? == expected {
-            let started = std::time::Instant::now();
-            registry.push_manifest(&tag, body, OCI_INDEX).await?;
-            tokio::time::sleep((started.elapsed() * 2).max(Duration::from_millis(50))).await;
+        let started = std::time::Instant::now();
+        if let Pushed::Pushed(_) = registry
+            .push_manifest_if(&tag, body, OCI_INDEX, expected.as_deref())
+            .await?
+        {
+            storage::settle(started).await;
             let now = registry.manifest(&tag, MAX_BUNDLE).await?;
             let now: Option<Value> = now.and_then(|m| serde_json::from_slice(&m.bytes).ok());
             if now.as_ref().is_some_and(listed) {
                 return Ok(());
             }
         }
-        tokio::time::sleep(Duration::from_millis(10 << attempt.min(5))).await;
+        storage::backoff(attempt).await;
     }
     Err(RegistryError::Other {
         reference: tag,
@@ -242,10 +263,6 @@ pub fn certificate(bundle: &Value) -> Option<Vec<u8>> {
     bundle["verificationMaterial"]["certificate"]["rawBytes"]
         .as_str()
         .and_then(|b| BASE64.decode(b).ok())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! cosign key pairs: the encrypted `cosign.key` PEM (or an unencrypted PKCS#8 EC key) and `cosign.pub`.
 
 use futures::future::BoxFuture;
-use sha2::{Digest, Sha256};
 use sigstore::crypto::{
     CosignVerificationKey, SigStoreSigner, SigningScheme, signing_key::SigStoreKeyPair,
 };
@@ -99,11 +98,7 @@ impl Signer for KeyPairSigner {
 
 /// `sha256:<hex>` of a public key's DER encoding.
 pub fn key_id(public_key_der: &[u8]) -> String {
-    let hex: String = Sha256::digest(public_key_der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+    crate::registry::sha256_digest(public_key_der)
 }
 
 /// The key id (`key_id`) of a PEM public key, `None` when it is not one.

@@ -132,18 +132,19 @@ pub async fn sign_image(
     let payload = payload::simple_signing(repo, digest, annotations);
     let reference = payload::signature_tag(repo, digest);
     let key = keys::verification_key(signer.public_key_pem())?;
-    let signature = BASE64.encode(signer.sign(&payload).await?);
-    let mut annotations = BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), signature)]);
-    annotations.extend(certificate_annotations(signer));
-    let layer = ImageLayer::new(
-        payload.clone(),
-        SIMPLE_SIGNING_MEDIA_TYPE.into(),
-        Some(annotations),
-    );
+    let make = || async {
+        let signature = BASE64.encode(signer.sign(&payload).await?);
+        let mut annotations = BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), signature)]);
+        annotations.extend(certificate_annotations(signer));
+        Ok(ImageLayer::new(
+            payload.clone(),
+            SIMPLE_SIGNING_MEDIA_TYPE.into(),
+            Some(annotations),
+        ))
+    };
     // The same payload signed by this key counts as done, whatever the signature bytes.
     let same = |l: &ImageLayer| l.data.as_ref() == payload.as_slice() && layer_verifies(l, &key);
-    let appended =
-        storage::append(registry, Attached::Signature, repo, digest, layer, same).await?;
+    let appended = storage::append(registry, Attached::Signature, repo, digest, make, same).await?;
     Ok(SignedImage {
         reference,
         already_signed: appended.already,
@@ -304,15 +305,17 @@ pub async fn verify_bundles(
     )))
 }
 
-/// The bundle of `statement` by `signer` referring to `repo@digest`: one already there (verified
-/// with the signer's key, same statement) or a new one. Returns its referrer reference.
+/// The bundle of `statement` by `signer` referring to `subject` (the manifest of `repo@digest`,
+/// from `bundle::subject`): one already there (verified with the signer's key, same statement) or
+/// a new one. Returns its referrer reference.
 pub async fn ensure_bundle(
     registry: &Registry,
     signer: &dyn Signer,
     repo: &str,
-    digest: &str,
+    subject: &crate::registry::RawManifest,
     statement: &attestation::Statement,
 ) -> Result<String, SigningError> {
+    let digest = subject.digest.as_str();
     let key = keys::verification_key(signer.public_key_pem())?;
     let predicate = statement.predicate_type.as_str();
     for (reference, b) in bundle::find(registry, repo, digest, predicate).await? {
@@ -321,7 +324,7 @@ pub async fn ensure_bundle(
         }
     }
     let made = bundle::make(signer, statement).await?;
-    Ok(bundle::attach(registry, repo, digest, made, predicate).await?)
+    Ok(bundle::attach(registry, repo, subject, made, predicate).await?)
 }
 
 fn layer_verifies(layer: &ImageLayer, key: &sigstore::crypto::CosignVerificationKey) -> bool {

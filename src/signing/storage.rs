@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use oci_client::client::ImageLayer;
 
-use super::{DSSE_MEDIA_TYPE, SIMPLE_SIGNING_MEDIA_TYPE};
+use super::{DSSE_MEDIA_TYPE, SIMPLE_SIGNING_MEDIA_TYPE, SigningError};
 use crate::registry::{Artifact, Pushed, Registry, RegistryError};
 
 /// Reads and writes of one append before it gives up (the tag kept moving).
@@ -90,16 +90,22 @@ pub struct Appended {
     pub already: bool,
 }
 
-/// Adds `layer` to the `kind` artifact of `repo@digest` unless a layer `is_same` says is
-/// equivalent is there already, without dropping a layer another writer added meanwhile.
-pub async fn append(
+/// Adds the layer `make` builds to the `kind` artifact of `repo@digest` unless a layer `is_same`
+/// says is equivalent is there already, without dropping a layer another writer added meanwhile.
+/// `make` (the signature: a KMS or HSM round trip) runs only when the layer is needed, once.
+pub async fn append<F>(
     registry: &Registry,
     kind: Attached,
     repo: &str,
     digest: &str,
-    layer: ImageLayer,
+    make: impl FnOnce() -> F,
     is_same: impl Fn(&ImageLayer) -> bool,
-) -> Result<Appended, RegistryError> {
+) -> Result<Appended, SigningError>
+where
+    F: std::future::Future<Output = Result<ImageLayer, SigningError>>,
+{
+    let mut make = Some(make);
+    let mut layer: Option<ImageLayer> = None;
     let tag = kind.tag(repo, digest);
     // Every layer read at any point: a writer that pushed over us may have dropped some.
     let mut seen: Vec<ImageLayer> = Vec::new();
@@ -119,15 +125,15 @@ pub async fn append(
             }
         }
         if !layers.iter().any(&is_same) {
-            layers.push(layer.clone());
+            if let Some(make) = make.take() {
+                layer = Some(make().await?);
+            }
+            layers.extend(layer.clone());
         }
         let expected = current.manifest_digest.as_deref();
         let started = std::time::Instant::now();
         if let Pushed::Pushed(pushed) = registry.push_layers(&tag, layers, expected).await? {
-            // Another writer may have checked the tag just before our write and write its own
-            // manifest, without our layer, just after: look again once such a write would have
-            // landed (twice our own write's time), and start over if it did.
-            tokio::time::sleep((started.elapsed() * 2).max(SETTLE)).await;
+            settle(started).await;
             let now = read(registry, kind, repo, digest).await?;
             remember(&mut seen, &now.layers);
             if now.manifest_digest.as_deref() == Some(pushed.as_str())
@@ -141,7 +147,7 @@ pub async fn append(
         }
         backoff(attempt).await;
     }
-    Err(moved(&tag))
+    Err(moved(&tag).into())
 }
 
 fn moved(tag: &str) -> RegistryError {
@@ -168,8 +174,15 @@ fn complete(
     layers.iter().any(is_same) && seen.iter().all(|l| layers.contains(l))
 }
 
+/// Waits after a guarded write until another writer's write, checked just before ours and made
+/// just after (without what we wrote), would have landed: twice our own write's time, at least
+/// `SETTLE`. The caller then looks again, and starts over if it did.
+pub(super) async fn settle(write_started: std::time::Instant) {
+    tokio::time::sleep((write_started.elapsed() * 2).max(SETTLE)).await;
+}
+
 /// A short, growing, jittered pause, so writers that collided do not collide again.
-async fn backoff(attempt: u32) {
+pub(super) async fn backoff(attempt: u32) {
     let jitter = u64::from(std::process::id() ^ attempt.wrapping_mul(7919)) % 20;
     let base = 10u64 << attempt.min(5);
     let nanos = std::time::SystemTime::now()

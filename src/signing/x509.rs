@@ -51,6 +51,7 @@ impl X509Signer {
         let key_pem = Zeroizing::new(pem_lf(&pem::Pem::new("PRIVATE KEY", key_der.to_vec())));
         let key = KeyPairSigner::from_pem(key_pem.as_bytes(), b"")?;
         let mut certs = certificates(&blocks, "x509.pem")?;
+        let from_x509 = certs.len();
         for (name, extra) in [("cert.pem", cert_pem), ("chain.pem", chain_pem)] {
             if let Some(text) = extra {
                 let parsed = pem::parse_many(text)
@@ -60,7 +61,6 @@ impl X509Signer {
         }
         // cert.pem, when given, is the leaf even if x509.pem carried certificates too.
         if cert_pem.is_some() {
-            let from_x509 = certificates(&blocks, "x509.pem")?.len();
             certs.rotate_left(from_x509);
         }
         let mut certs = certs.into_iter();
