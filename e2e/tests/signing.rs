@@ -111,6 +111,23 @@ impl Workdir {
         )
     }
 
+    /// `cosign sign` with the key pair `cosign.key` of this directory, no log, plain HTTP.
+    fn cosign_sign(&self, image: &str, password: &str) -> anyhow::Result<String> {
+        self.ok(
+            &self.tool("cosign"),
+            &[
+                "sign",
+                "--key",
+                "cosign.key",
+                "--tlog-upload=false",
+                "--yes",
+                "--allow-http-registry",
+                image,
+            ],
+            password,
+        )
+    }
+
     fn signature_layer_count(&self, repo: &str, digest: &str) -> anyhow::Result<usize> {
         let manifest = self.ok(
             &self.tool("crane"),
@@ -187,19 +204,7 @@ fn a_sluice_key_signs_through_cosign_and_sluice_verifies_it() -> anyhow::Result<
     let (repo, digest) = w.push_image("app", "v2")?;
     let image = format!("{repo}@{digest}");
     w.ok(&w.sluice(), &["generate-key-pair"], "pw-sluice")?;
-    w.ok(
-        &w.tool("cosign"),
-        &[
-            "sign",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--yes",
-            "--allow-http-registry",
-            &image,
-        ],
-        "pw-sluice",
-    )?;
+    w.cosign_sign(&image, "pw-sluice")?;
     let verified = w.ok(&w.sluice(), &["verify", "--key", "cosign.pub", &image], "")?;
     assert!(verified.contains("Verified"), "{verified}");
     // Another signer's signature is kept: Sluice appends its own.
@@ -428,19 +433,7 @@ async fn the_signature_manifest_pushed_is_recorded_and_a_later_change_is_seen() 
     assert_eq!(again.manifest_digest, signed.manifest_digest);
     // cosign appends its own signature: the tag moved, so the next check must fetch again.
     w.ok(&w.tool("cosign"), &["generate-key-pair"], "pw")?;
-    w.ok(
-        &w.tool("cosign"),
-        &[
-            "sign",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--allow-http-registry",
-            "--yes",
-            &format!("{repo}@{digest}"),
-        ],
-        "pw",
-    )?;
+    w.cosign_sign(&format!("{repo}@{digest}"), "pw")?;
     assert_eq!(w.signature_layer_count(&repo, &digest)?, 2);
     assert!(!signing::signature_unchanged(&registry, &repo, &digest, &pushed).await?);
     // Both signatures still verify in full.
@@ -457,19 +450,7 @@ async fn concurrent_signers_of_one_digest_keep_every_signature() -> anyhow::Resu
     let image = format!("{repo}@{digest}");
     // A signature already there (cosign's) must survive the burst.
     w.ok(&w.tool("cosign"), &["generate-key-pair"], "pw")?;
-    w.ok(
-        &w.tool("cosign"),
-        &[
-            "sign",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--allow-http-registry",
-            "--yes",
-            &image,
-        ],
-        "pw",
-    )?;
+    w.cosign_sign(&image, "pw")?;
     sluice::install_crypto_provider();
     let mut writers = Vec::new();
     let mut keys = Vec::new();

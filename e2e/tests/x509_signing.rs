@@ -166,15 +166,9 @@ async fn an_expired_certificate_signs_nothing_and_says_why_until_it_is_renewed()
 async fn a_pipeline_naming_two_signers_is_refused_at_admission() -> anyhow::Result<()> {
     let ns = TestNamespace::new("x509adm").await?;
     let err = ns
-        .kubectl(&[
-            "patch",
-            "securepipeline",
-            "predictor",
-            "--type",
-            "merge",
-            "-p",
+        .patch_pipeline(
             r#"{"spec":{"signing":{"secretRef":{"name":"k"},"x509":{"secretRef":{"name":"x"}}}}}"#,
-        ])
+        )
         .expect_err("two signers");
     assert!(err.to_string().contains("exactly one signer"), "{err}");
     Ok(())
