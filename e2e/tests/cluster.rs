@@ -125,6 +125,8 @@ fn sample(text: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Stage outcomes are scripted (`sim.sluice.dev/*`): this proves the metrics and timestamps, not
+/// the stages.
 #[tokio::test]
 async fn a_release_is_timed_by_stage_phase_and_registry_request() -> anyhow::Result<()> {
     let ns = TestNamespace::new("timing").await?;
