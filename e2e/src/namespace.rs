@@ -31,9 +31,12 @@ pub struct TestNamespace {
 impl TestNamespace {
     /// Creates an empty namespace `e2e-<prefix>-<pid>-<n>`.
     pub async fn empty(prefix: &str) -> Result<Self> {
-        let client = client().await?;
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("e2e-{prefix}-{}-{n}", std::process::id());
+        Self::create(format!("e2e-{prefix}-{}-{n}", std::process::id())).await
+    }
+
+    async fn create(name: String) -> Result<Self> {
+        let client = client().await?;
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
@@ -41,9 +44,37 @@ impl TestNamespace {
         Ok(Self { name, client })
     }
 
+    /// Creates the namespace `name` (one a controller outside the operator is scoped to, such as
+    /// Tekton Chains' `-namespace`) once an earlier run's copy has finished terminating.
+    pub async fn named(name: &str) -> Result<Self> {
+        let namespaces = Api::<Namespace>::all(client().await?);
+        crate::eventually(
+            &format!("namespace {name} from an earlier run gone"),
+            std::time::Duration::from_secs(120),
+            crate::POLL,
+            async || {
+                Ok(match namespaces.get_opt(name).await? {
+                    None => std::ops::ControlFlow::Break(()),
+                    Some(_) => std::ops::ControlFlow::Continue("still there".to_string()),
+                })
+            },
+        )
+        .await?;
+        let this = Self::create(name.to_string()).await?;
+        this.with_examples()?;
+        Ok(this)
+    }
+
     /// Creates `e2e-<prefix>-<n>` and applies the example Tasks and the scripted suite's pipeline.
     pub async fn new(prefix: &str) -> Result<Self> {
         let this = Self::empty(prefix).await?;
+        this.with_examples()?;
+        Ok(this)
+    }
+
+    /// Applies the example Tasks and the scripted suite's pipeline, without signing.
+    fn with_examples(&self) -> Result<()> {
+        let this = self;
         this.kubectl(&[
             "apply",
             "-f",
@@ -61,7 +92,7 @@ impl TestNamespace {
             "-p",
             r#"[{"op":"remove","path":"/spec/signing"}]"#,
         ])?;
-        Ok(this)
+        Ok(())
     }
 
     /// Makes a cosign key pair Secret `cosign-key` with the real cosign CLI and names it in the pipeline.

@@ -55,6 +55,12 @@ pub mod reason {
     pub const SUPERSEDED: &str = "Superseded";
     /// The signature in the registry did not verify just before the rollout.
     pub const SIGNATURE_INVALID: &str = "SignatureInvalid";
+    /// Signing: waiting for Tekton Chains to sign the image (`signer: chains`).
+    pub const WAITING_FOR_CHAINS: &str = "WaitingForChains";
+    /// Blocked: Tekton Chains did not sign the image in time.
+    pub const CHAINS_SIGNATURE_MISSING: &str = "ChainsSignatureMissing";
+    /// Blocked: Tekton Chains reported that it failed to sign the build.
+    pub const CHAINS_SIGNING_FAILED: &str = "ChainsSigningFailed";
     /// The Deployment is rolling out the signed digest.
     pub const ROLLING_OUT: &str = "RollingOut";
     /// Post-deploy stages are running against the rolled-out release.

@@ -410,6 +410,7 @@ pub struct SeverityLimits {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.secretRef), has(self.x509), has(self.kms), has(self.pkcs11)].filter(x, x).size() == 1").message("spec.signing needs exactly one signer: secretRef (a cosign key pair), x509 (a private key with its certificate chain), kms (a key that never leaves the KMS) or pkcs11 (a key in an HSM)"))]
+#[x_kube(validation = Rule::new("!has(self.chains) || (has(self.signer) && self.signer == 'chains')").message("spec.signing.chains applies only with signer: chains"))]
 pub struct SigningSpec {
     /// Secret with cosign.key, cosign.password and cosign.pub, as `cosign generate-key-pair k8s://` writes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -426,7 +427,40 @@ pub struct SigningSpec {
     /// Where signatures and the gates attestation go: legacy (cosign's .sig/.att tags, the default), bundle (sigstore bundles as OCI referrers of the image) or both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<SignatureFormat>,
+    /// Who signs the image: sluice (the default) or chains (Tekton Chains signs it; Sluice waits for that signature, verifies it and attaches only its gates attestation, signed by the signer above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<ImageSigner>,
+    /// With signer chains: the public key Chains signs with and how long to wait for its signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chains: Option<ChainsSigning>,
 }
+
+/// Who signs the released image.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ImageSigner {
+    /// Sluice signs it with spec.signing's key.
+    #[default]
+    Sluice,
+    /// Tekton Chains signs it; Sluice verifies that signature before the rollout.
+    Chains,
+}
+
+/// How Sluice works beside Tekton Chains when Chains signs the image.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainsSigning {
+    /// Secret with cosign.pub, the public key of Chains' signing key (its signing-secrets or KMS key). When unset, the public key of the signer above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_ref: Option<LocalObjectRef>,
+    /// How long to wait for Chains' signature once the image is built before the release is blocked; 600 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// How long a release waits for Chains' signature when `timeoutSeconds` is unset.
+pub const DEFAULT_CHAINS_TIMEOUT_SECONDS: u32 = 600;
 
 /// How signatures are stored.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -507,6 +541,11 @@ pub enum SignerKind {
 }
 
 impl SigningSpec {
+    /// Whether Tekton Chains signs the image (Sluice only attests and verifies).
+    pub fn chains_signs(&self) -> bool {
+        self.signer == Some(ImageSigner::Chains)
+    }
+
     /// The signer and the Secret holding its material.
     pub fn signer(&self) -> (SignerKind, &str) {
         if let Some(k) = &self.kms {

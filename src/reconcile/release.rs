@@ -175,7 +175,8 @@ async fn sign_if_due(
         return Err(Error::Stale("sign"));
     }
     let now = (ctx.now)();
-    match release_signing::sign(ctx, release, pipeline, &image, &plan.status.stages).await {
+    let chains = release_signing::chains_progress(pipeline, &plan.status.stages, task_runs);
+    match release_signing::sign(ctx, release, pipeline, &image, &plan.status.stages, chains).await {
         Ok(signature) => {
             let note = format!(
                 "signed {}@{} as {} with key {}",
@@ -195,12 +196,15 @@ async fn sign_if_due(
             });
         }
         Err(f) => {
-            ctx.metrics
-                .signing_failures
-                .get_or_create(&CategoryLabels {
-                    category: f.category,
-                })
-                .inc();
+            let waiting = f.category == conditions::reason::WAITING_FOR_CHAINS;
+            if !waiting {
+                ctx.metrics
+                    .signing_failures
+                    .get_or_create(&CategoryLabels {
+                        category: f.category,
+                    })
+                    .inc();
+            }
             let previous = release
                 .status
                 .as_ref()
@@ -216,8 +220,8 @@ async fn sign_if_due(
             );
             if previous.as_deref() != Some(f.category) {
                 plan.notices.push(release_plan::Notice {
-                    warning: true,
-                    reason: "SigningFailed",
+                    warning: !waiting,
+                    reason: if waiting { f.category } else { "SigningFailed" },
                     note: f.message,
                     task_run: None,
                 });
@@ -354,6 +358,12 @@ fn next_action(status: &crate::api::ModelReleaseStatus, pipeline_found: bool) ->
     {
         // Deployment events trigger reconciles too; this bounds the wait if one is missed and
         // checks Sluice's own rollout deadline and the health of a release being verified.
+        Action::requeue(Duration::from_secs(5))
+    } else if conditions::get(&status.conditions, conditions::SIGNED)
+        .is_some_and(|c| c.reason == conditions::reason::WAITING_FOR_CHAINS)
+    {
+        // Chains' annotation on the build TaskRun wakes the release; this bounds a missed one
+        // and the wait for a signature Chains stores without annotating.
         Action::requeue(Duration::from_secs(5))
     } else if !pipeline_found {
         // The pipeline watch also triggers us; this is a safety net.

@@ -742,9 +742,15 @@ pub fn signing_failed(
         conditions::set(&mut status.conditions, t, v, r, message, generation, &now)
     };
     set(conditions::SIGNED, false, category);
+    // Waiting for Tekton Chains is progress, not a failure a user must fix.
+    let waiting = category == conditions::reason::WAITING_FOR_CHAINS;
     conditions::set_health(
         &mut status.conditions,
-        Health::Stalled,
+        if waiting {
+            Health::Progressing
+        } else {
+            Health::Stalled
+        },
         category,
         message,
         generation,

@@ -14,7 +14,9 @@ use crate::{
     api::{
         ModelRelease, SecurePipeline,
         conditions::reason,
-        pipeline::{KmsSigning, Pkcs11Signing, SignatureFormat, SignerKind},
+        pipeline::{
+            DEFAULT_CHAINS_TIMEOUT_SECONDS, KmsSigning, Pkcs11Signing, SignatureFormat, SignerKind,
+        },
         release::{ImageRef, SignatureRef, StageStatus},
     },
     registry::Registry,
@@ -47,13 +49,53 @@ fn failure(category: &'static str, message: String) -> SigningFailure {
     }
 }
 
-/// Signs the release's image, attests its gate verdicts (`stages`), and returns where both are.
+/// Where Tekton Chains is with the TaskRun that built the image, from the annotations it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainsProgress {
+    /// Not done yet (or the TaskRun is not there).
+    Pending,
+    /// `chains.tekton.dev/signed: "true"`: Chains stored what it signs.
+    Signed,
+    /// `chains.tekton.dev/signed: "failed"`: Chains gave up after its retries.
+    Failed,
+}
+
+/// The annotation Tekton Chains sets on a TaskRun once it has signed (or failed to sign) it.
+pub const CHAINS_SIGNED_ANNOTATION: &str = "chains.tekton.dev/signed";
+
+/// What Chains says of the TaskRun `stages` names for the stage producing the image.
+pub fn chains_progress(
+    pipeline: &SecurePipeline,
+    stages: &[StageStatus],
+    task_runs: &[crate::tekton::TaskRun],
+) -> ChainsProgress {
+    let Some(build) = pipeline.spec.stages.iter().find(|s| s.produces.is_some()) else {
+        return ChainsProgress::Pending;
+    };
+    let name = stages
+        .iter()
+        .find(|s| s.name == build.name)
+        .and_then(|s| s.task_run.as_deref());
+    let signed = task_runs
+        .iter()
+        .find(|tr| Some(tr.name_any().as_str()) == name)
+        .and_then(|tr| tr.annotations().get(CHAINS_SIGNED_ANNOTATION).cloned());
+    match signed.as_deref() {
+        Some("true") => ChainsProgress::Signed,
+        Some("failed") => ChainsProgress::Failed,
+        _ => ChainsProgress::Pending,
+    }
+}
+
+/// Signs the release's image (or, with `signer: chains`, verifies Chains' signature of it),
+/// attests its gate verdicts (`stages`), and returns where both are.
 pub async fn sign(
     ctx: &Ctx,
     release: &ModelRelease,
     pipeline: &SecurePipeline,
     image: &ImageRef,
     stages: &[StageStatus],
+    chains: ChainsProgress,
 ) -> Result<SignatureRef, SigningFailure> {
     let ns = release.namespace().unwrap_or_default();
     let signer = pipeline_signer(ctx, pipeline, &ns).await?;
@@ -63,6 +105,20 @@ pub async fn sign(
         .map_err(|e| failure(e.category(), e.to_string()))?;
     let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
     let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
+    let chains_key = if chains_signs(pipeline) {
+        let (pem, trust) = chains_trust(ctx, pipeline, &ns).await?;
+        chains_signature(
+            &registry,
+            &trust,
+            image,
+            chains,
+            waited(ctx, release, pipeline),
+        )
+        .await?;
+        Some(pem)
+    } else {
+        None
+    };
     let annotations = annotations(release, pipeline);
     let statement = Statement::new(
         &image.repository,
@@ -77,7 +133,10 @@ pub async fn sign(
         .image_lock(&format!("{}@{}", image.repository, image.digest))
         .await;
     let format = signature_format(pipeline);
-    let result = sign_and_attest(&registry, &signer, image, &annotations, &statement, format).await;
+    let result = match &chains_key {
+        None => sign_and_attest(&registry, &signer, image, &annotations, &statement, format).await,
+        Some(_) => attest_beside_chains(&registry, &signer, image, &statement, format).await,
+    };
     drop(held);
     drop(slot);
     ctx.metrics
@@ -94,11 +153,172 @@ pub async fn sign(
             other => other.to_string(),
         },
     })?;
+    let key_id = match &chains_key {
+        Some(pem) => signing::keys::key_id_of_pem(pem).unwrap_or_default(),
+        None => signer.key_id().to_string(),
+    };
     Ok(SignatureRef {
-        key_id: signer.key_id().to_string(),
+        key_id,
         signed_at: (ctx.now)().to_string(),
         ..stored
     })
+}
+
+/// Whether the pipeline has Tekton Chains sign the image.
+fn chains_signs(pipeline: &SecurePipeline) -> bool {
+    pipeline
+        .spec
+        .signing
+        .as_ref()
+        .is_some_and(|s| s.chains_signs())
+}
+
+/// How long the release has waited for a signature (in the Signing phase), against the bound.
+fn waited(ctx: &Ctx, release: &ModelRelease, pipeline: &SecurePipeline) -> (i64, i64) {
+    let since = release
+        .status
+        .as_ref()
+        .and_then(|s| s.phase_since.as_deref())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let waited = since.map_or(0, |t| ((ctx.now)().as_second() - t.as_second()).max(0));
+    let limit = pipeline
+        .spec
+        .signing
+        .as_ref()
+        .and_then(|s| s.chains.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .unwrap_or(DEFAULT_CHAINS_TIMEOUT_SECONDS);
+    (waited, i64::from(limit))
+}
+
+/// Checks that Chains signed `image` with the key `trust` holds. Waits (a non-blocking failure,
+/// retried) while Chains has not said it is done and the bound is not reached; blocks when Chains
+/// failed, when it is done and no signature verifies (another key signed), or when time is up.
+async fn chains_signature(
+    registry: &Registry,
+    trust: &Trust,
+    image: &ImageRef,
+    chains: ChainsProgress,
+    (waited, limit): (i64, i64),
+) -> Result<(), SigningFailure> {
+    let (repo, digest) = (&image.repository, &image.digest);
+    let problem = match signing::verify_image(registry, trust, repo, digest).await {
+        Ok(_) => return Ok(()),
+        Err(SigningError::Verification(legacy)) => {
+            match signing::verify_bundles(registry, trust, repo, digest).await {
+                Ok(()) => return Ok(()),
+                Err(SigningError::Verification(_)) => legacy,
+                Err(other) => return Err(failure(other.category(), other.to_string())),
+            }
+        }
+        Err(other) => return Err(failure(other.category(), other.to_string())),
+    };
+    let blocked = |category: &'static str, message: String| SigningFailure {
+        category,
+        message,
+        block: true,
+    };
+    match chains {
+        ChainsProgress::Failed => Err(blocked(
+            reason::CHAINS_SIGNING_FAILED,
+            format!(
+                "Tekton Chains failed to sign {repo}@{digest} (its TaskRun says {CHAINS_SIGNED_ANNOTATION}=failed); see the Chains controller's log"
+            ),
+        )),
+        ChainsProgress::Signed => Err(blocked(
+            reason::SIGNATURE_INVALID,
+            format!(
+                "Tekton Chains signed the build, but {problem}: the image was not signed with the public key this pipeline trusts for Chains"
+            ),
+        )),
+        ChainsProgress::Pending if waited >= limit => Err(blocked(
+            reason::CHAINS_SIGNATURE_MISSING,
+            format!(
+                "Tekton Chains did not sign {repo}@{digest} within {limit}s ({problem}); is Chains running with artifacts.oci.storage: oci for this namespace?"
+            ),
+        )),
+        ChainsProgress::Pending => Err(failure(
+            reason::WAITING_FOR_CHAINS,
+            format!(
+                "waiting for Tekton Chains to sign {repo}@{digest} ({waited}s of {limit}s): {problem}"
+            ),
+        )),
+    }
+}
+
+/// The public key Chains' signature must verify with: `spec.signing.chains.publicKeyRef`'s
+/// `cosign.pub`, or the public key of the pipeline's own signer.
+async fn chains_trust(
+    ctx: &Ctx,
+    pipeline: &SecurePipeline,
+    ns: &str,
+) -> Result<(String, Trust), SigningFailure> {
+    let named = pipeline
+        .spec
+        .signing
+        .as_ref()
+        .and_then(|s| s.chains.as_ref())
+        .and_then(|c| c.public_key_ref.as_ref());
+    let Some(secret_ref) = named else {
+        return trust_of(ctx, pipeline, ns).await;
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = &secret_ref.name;
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| failure("SecretUnreadable", format!("cannot read Chains public key Secret {name}: {e}")))?
+        .ok_or_else(|| {
+            failure(
+                reason::SIGNING_SECRET_NOT_FOUND,
+                format!("Chains public key Secret {name} not found in {ns}; create it with cosign.pub, the public key of Chains' signing key"),
+            )
+        })?;
+    let pem = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("cosign.pub"))
+        .map(|p| String::from_utf8_lossy(&p.0).into_owned())
+        .ok_or_else(|| {
+            failure(
+                "SigningKeyInvalid",
+                format!("Secret {name} has no cosign.pub"),
+            )
+        })?;
+    Ok((pem.clone(), Trust::Key(pem)))
+}
+
+/// Attaches the gates attestation beside the signature Chains made, in the pipeline's format(s).
+async fn attest_beside_chains(
+    registry: &Registry,
+    signer: &SharedSigner,
+    image: &ImageRef,
+    statement: &Statement,
+    format: SignatureFormat,
+) -> Result<SignatureRef, SigningError> {
+    let (repo, digest) = (&image.repository, &image.digest);
+    let mut stored = SignatureRef {
+        reference: signing::payload::signature_tag(repo, digest),
+        attestation: None,
+        key_id: String::new(),
+        signed_at: String::new(),
+        // Not Sluice's push: the pre-rollout check verifies Chains' signature in full.
+        manifest_digest: None,
+        bundles: Vec::new(),
+    };
+    if format.legacy() {
+        let attested =
+            attestation::attest_image(registry, signer.as_ref(), repo, digest, statement).await?;
+        stored.attestation = Some(attested.reference);
+    }
+    if format.bundle() {
+        let subject = signing::bundle::subject(registry, repo, digest).await?;
+        let attested =
+            signing::ensure_bundle(registry, signer.as_ref(), repo, &subject, statement).await?;
+        stored.attestation.get_or_insert_with(|| attested.clone());
+        stored.bundles = vec![attested];
+    }
+    Ok(stored)
 }
 
 /// The pipeline's `spec.signing.format` (legacy when unset).
@@ -351,10 +571,20 @@ pub async fn verify(
     image: &ImageRef,
 ) -> Result<(), SigningFailure> {
     let ns = release.namespace().unwrap_or_default();
-    let (public, trust) = trust_of(ctx, pipeline, &ns).await?;
+    let chains = chains_signs(pipeline);
+    let (public, trust) = if chains {
+        chains_trust(ctx, pipeline, &ns).await?
+    } else {
+        trust_of(ctx, pipeline, &ns).await?
+    };
     let auth = registry_auth(ctx, pipeline, &ns, &image.repository).await?;
     let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
-    let format = signature_format(pipeline);
+    // Chains writes the legacy .sig whatever Sluice's format; bundles are read when it has none.
+    let format = if chains {
+        SignatureFormat::Both
+    } else {
+        signature_format(pipeline)
+    };
     if format.legacy() && signed_as_recorded(&registry, release, &public, image).await {
         return Ok(());
     }
@@ -601,6 +831,54 @@ mod tests {
         let after = gates_predicate(&release, &pipeline, &[judged("unit-tests"), judged("dast")]);
         assert_eq!(before, after);
         assert_eq!(before["stages"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn chains_progress_is_read_from_the_build_taskrun_annotation_only() {
+        let pipeline = fixtures::pipeline();
+        let stages: Vec<StageStatus> = serde_json::from_value(serde_json::json!([
+            {"name": "unit-tests", "taskRun": "r-unit-tests", "state": "Succeeded"},
+            {"name": "build", "taskRun": "r-build", "state": "Succeeded"},
+        ]))
+        .expect("stages");
+        let task_run = |name: &str, signed: Option<&str>| -> crate::tekton::TaskRun {
+            let mut tr: crate::tekton::TaskRun = serde_json::from_value(serde_json::json!({
+                "apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+                "metadata": {"name": name, "namespace": "ml"}, "spec": {}
+            }))
+            .expect("taskrun");
+            if let Some(v) = signed {
+                tr.metadata.annotations =
+                    Some([(CHAINS_SIGNED_ANNOTATION.to_string(), v.to_string())].into());
+            }
+            tr
+        };
+        let progress = |runs: &[crate::tekton::TaskRun]| chains_progress(&pipeline, &stages, runs);
+        assert_eq!(progress(&[]), ChainsProgress::Pending);
+        assert_eq!(
+            progress(&[task_run("r-build", None)]),
+            ChainsProgress::Pending
+        );
+        // Another stage's TaskRun signed by Chains says nothing of the image.
+        assert_eq!(
+            progress(&[
+                task_run("r-unit-tests", Some("true")),
+                task_run("r-build", None)
+            ]),
+            ChainsProgress::Pending
+        );
+        assert_eq!(
+            progress(&[task_run("r-build", Some("true"))]),
+            ChainsProgress::Signed
+        );
+        assert_eq!(
+            progress(&[task_run("r-build", Some("failed"))]),
+            ChainsProgress::Failed
+        );
+        assert_eq!(
+            progress(&[task_run("r-build", Some("garbage"))]),
+            ChainsProgress::Pending
+        );
     }
 
     #[test]
