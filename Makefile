@@ -1,5 +1,5 @@
 # The README's two commands are `make demo` and `make test`.
-.PHONY: demo test unit e2e soak soak-short node-smoke fuzz lint crds check-crds bundle cluster-up cluster-down sign-bench
+.PHONY: demo test unit e2e soak soak-short node-smoke fuzz lint crds check-crds bundle cluster-up cluster-down sign-bench bench
 
 CARGO ?= cargo
 
@@ -54,6 +54,11 @@ cluster-up:
 # running e2e cluster (`make cluster-up` first).
 sign-bench:
 	SOFTHSM2_CONF=$(CURDIR)/.e2e/softhsm2.conf SLUICE_E2E_DIR=$(CURDIR)/.e2e $(CARGO) run -q -p sluice-e2e --bin sign_bench
+
+# Sluice against Tekton Chains (built from its Go module), A/B on the local cluster: sign latency
+# steady and burst, throughput, CPU, RSS, API requests per image (audit log), a 2,000 backlog.
+bench:
+	e2e/bench
 
 cluster-down:
 	e2e/cluster down

@@ -20,6 +20,24 @@ pub fn bounded(s: &str, max: usize) -> String {
     owned
 }
 
+/// Orders two version strings as people read them: dot-separated parts compared as numbers
+/// where both are numbers (2.10 > 2.9), as text otherwise (1.0rc1 vs 1.0); more parts are newer
+/// when the shared ones are equal. Good enough to pick the highest of a package's fix versions.
+pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |v: &str| -> Vec<String> { v.split(['.', '-', '+']).map(str::to_string).collect() };
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(&pb) {
+        let ordering = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(m), Ok(n)) => m.cmp(&n),
+            _ => x.cmp(y),
+        };
+        if ordering.is_ne() {
+            return ordering;
+        }
+    }
+    pa.len().cmp(&pb.len())
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

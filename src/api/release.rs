@@ -240,6 +240,33 @@ pub struct FindingCounts {
     pub unknown: u32,
 }
 
+/// An upgrade that fixes findings: `package` from `installed` to `fixedIn`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FixAdvice {
+    /// The package, e.g. flask.
+    pub package: String,
+    /// The version installed.
+    pub installed: String,
+    /// The least version that fixes every finding listed.
+    pub fixed_in: String,
+    /// The findings it fixes.
+    pub ids: Vec<String>,
+}
+
+impl std::fmt::Display for FixAdvice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} → {} fixes {}",
+            self.package,
+            self.installed,
+            self.fixed_in,
+            self.ids.join(", ")
+        )
+    }
+}
+
 /// Code quality from a QUALITY result.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 pub struct QualityReport {
@@ -298,6 +325,9 @@ pub struct StageStatus {
     /// Exception IDs that were subtracted from the findings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exceptions_applied: Vec<String>,
+    /// Upgrades that fix the findings that counted, where the scanner named them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fixes: Vec<FixAdvice>,
     /// Why the gate decided as it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{leader::LeaseConfig, operator, telemetry};
 
+mod advise_cli;
 mod approve_cli;
 mod signing_cli;
 
@@ -37,6 +38,18 @@ enum Command {
     Sign(SignArgs),
     /// Verify the signature of IMAGE@DIGEST in the registry against a cosign public key.
     Verify(VerifyArgs),
+    /// Print the requirement changes that fix every fixable finding of a ModelRelease, as a patch
+    /// to the app's requirements file (apply it with `git apply` or `patch -p1`).
+    Advise {
+        /// The ModelRelease.
+        release: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// The app's requirements file, in the app's checkout.
+        #[arg(long, default_value = "requirements.txt")]
+        requirements: PathBuf,
+    },
     /// Approve the signed digest of a ModelRelease with `approval: manual` for rollout.
     Approve {
         /// The ModelRelease.
@@ -77,6 +90,9 @@ struct RunArgs {
     /// PKCS#11 module (.so) for pipelines that sign with an HSM key (spec.signing.pkcs11).
     #[arg(long, env = "SLUICE_PKCS11_MODULE")]
     pkcs11_module: Option<std::path::PathBuf>,
+    /// OTLP/HTTP collector base URL (e.g. http://otel-collector:4318) for OpenTelemetry traces; off when unset (the standard OTEL_EXPORTER_OTLP_ENDPOINT works too).
+    #[arg(long, env = "SLUICE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, env = "SLUICE_LEASE_SECONDS", default_value_t = operator::DEFAULT_LEASE_DURATION.as_secs())]
     lease_seconds: u64,
@@ -144,6 +160,15 @@ pub fn main() -> ExitCode {
             namespace.as_deref(),
             digest.as_deref(),
         ))),
+        Command::Advise {
+            release,
+            namespace,
+            requirements,
+        } => report(block_on(advise_cli::advise(
+            &release,
+            namespace.as_deref(),
+            &requirements,
+        ))),
         Command::Verify(a) => report(block_on(signing_cli::verify(
             &a.key,
             a.attestation,
@@ -168,7 +193,8 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    telemetry::init(args.log_json);
+    // Held to the end: dropping it flushes the spans not yet exported.
+    let _telemetry = telemetry::init(args.log_json, telemetry::Otlp::resolve(args.otlp_endpoint));
     let identity = args.identity.unwrap_or_else(default_identity);
     let config = operator::RunConfig {
         listen: args.listen,

@@ -163,12 +163,42 @@ pub enum Severity {
 
 /// One finding named by ID.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FindingId {
     /// Advisory or rule ID.
     pub id: String,
     /// Its severity.
     pub severity: Severity,
+    /// The vulnerable package, e.g. flask.
+    #[serde(default)]
+    pub package: Option<String>,
+    /// The version installed.
+    #[serde(default)]
+    pub installed: Option<String>,
+    /// The first version that fixes it.
+    #[serde(default)]
+    pub fixed_in: Option<String>,
+}
+
+/// Longest package name or version a finding may carry.
+pub const MAX_PACKAGE_LEN: usize = 214;
+
+impl FindingId {
+    /// The upgrade that fixes this finding, when the scanner named package, installed and fixed versions.
+    pub fn fix(&self) -> Option<(&str, &str, &str)> {
+        Some((
+            self.package.as_deref()?,
+            self.installed.as_deref()?,
+            self.fixed_in.as_deref()?,
+        ))
+    }
+}
+
+/// Whether `text` may stand as a package name or version: bounded, printable, no spaces.
+fn plain_token(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_PACKAGE_LEN
+        && !text.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
 /// A parsed FINDINGS result.
@@ -285,6 +315,20 @@ pub fn findings(results: &StageResults) -> Result<Findings, ResultError> {
             format!("an id is empty, longer than {MAX_ID_LEN} bytes or has control characters"),
         ));
     }
+    let bad_fix = parsed.ids.iter().any(|f| {
+        [&f.package, &f.installed, &f.fixed_in]
+            .into_iter()
+            .flatten()
+            .any(|t| !plain_token(t))
+    });
+    if bad_fix {
+        return Err(malformed(
+            FINDINGS,
+            format!(
+                "a package or version is empty, longer than {MAX_PACKAGE_LEN} bytes or has spaces or control characters"
+            ),
+        ));
+    }
     Ok(parsed)
 }
 
@@ -361,6 +405,37 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.clone()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn fix_versions_in_findings_are_bounded_plain_tokens() {
+        let parse = |ids: &str| {
+            findings(&results(&[(
+                FINDINGS,
+                json!(format!(r#"{{"high":1,"ids":[{ids}]}}"#)),
+            )]))
+        };
+        let ok = parse(r#"{"id":"P-1","severity":"high","package":"flask","installed":"2.2.2","fixedIn":"2.2.5"}"#)
+            .expect("valid");
+        assert_eq!(ok.ids[0].fix(), Some(("flask", "2.2.2", "2.2.5")));
+        for bad in [
+            r#"{"id":"P-1","severity":"high","package":"","fixedIn":"1"}"#,
+            r#"{"id":"P-1","severity":"high","package":"fl ask"}"#,
+            r#"{"id":"P-1","severity":"high","fixedIn":"1\n2"}"#,
+            r#"{"id":"P-1","severity":"high","fixed_in":"1"}"#,
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ResultError::Malformed { .. })),
+                "{bad}"
+            );
+        }
+        let long = "x".repeat(MAX_PACKAGE_LEN + 1);
+        assert!(
+            parse(&format!(
+                r#"{{"id":"P-1","severity":"high","package":"{long}"}}"#
+            ))
+            .is_err()
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::api::{
         Exception, FindingsGate, IssueLimits, MaxSeverity, Produces, QualityGate, SeverityLimits,
         TestsGate,
     },
-    release::{FindingCounts, QualityReport, TestCounts, Verdict},
+    release::{FindingCounts, FixAdvice, QualityReport, TestCounts, Verdict},
 };
 
 /// How a stage's TaskRun ended.
@@ -48,6 +48,8 @@ pub struct GateVerdict {
     pub quality: Option<QualityReport>,
     /// Exception IDs subtracted.
     pub exceptions_applied: Vec<String>,
+    /// Upgrades that fix the findings that counted.
+    pub fixes: Vec<FixAdvice>,
     /// The image, for the stage that produces it.
     pub image: Option<BuiltImage>,
 }
@@ -70,6 +72,7 @@ impl GateVerdict {
             tests: None,
             quality: None,
             exceptions_applied: Vec::new(),
+            fixes: Vec::new(),
             image: None,
         }
     }
@@ -133,6 +136,7 @@ fn judge_results(
         tests: None,
         quality: None,
         exceptions_applied: Vec::new(),
+        fixes: Vec::new(),
         image: None,
     };
     let mut passed_parts = Vec::new();
@@ -158,9 +162,20 @@ fn judge_results(
         let (counts, applied) = apply_exceptions(&found, ctx.exceptions, ctx.today);
         verdict.findings = Some(counts.clone());
         verdict.exceptions_applied = applied;
+        verdict.fixes = fixes(found.ids.iter().filter(|f| {
+            !verdict
+                .exceptions_applied
+                .iter()
+                .any(|e| e.eq_ignore_ascii_case(&f.id))
+        }));
         if let Some(why) = findings_violation(findings_gate, &counts) {
-            let ids = blocking_ids(findings_gate, &counts, &found, &verdict.exceptions_applied);
-            return Ok(verdict.block("FindingsOverLimit", format!("stage {name}: {why}{ids}")));
+            let blocking = blocking(findings_gate, &counts, &found, &verdict.exceptions_applied);
+            let ids = named_ids(&blocking);
+            let advice = advice(&fixes(blocking.into_iter()));
+            return Ok(verdict.block(
+                "FindingsOverLimit",
+                format!("stage {name}: {why}{ids}{advice}"),
+            ));
         }
         passed_parts.push(format!("findings {} within the gate", describe(&counts)));
     }
@@ -296,14 +311,86 @@ fn findings_violation(gate: &FindingsGate, counts: &FindingCounts) -> Option<Str
 /// Most finding IDs a blocked reason names.
 const REASON_IDS: usize = 8;
 
-/// The IDs of the findings that broke the gate, most severe first, as a reason suffix
-/// (` (PYSEC-2023-221 high, … and 9 more)`); empty when the scanner named none.
-fn blocking_ids(
+/// Most upgrades a blocked reason names.
+const REASON_FIXES: usize = 5;
+
+/// One upgrade per package that fixes all of `findings` that name one: the highest `fixedIn`
+/// among them (a version every listed fix is at or below), packages in name order.
+pub fn fixes<'a>(findings: impl Iterator<Item = &'a results::FindingId>) -> Vec<FixAdvice> {
+    let mut by_package: std::collections::BTreeMap<String, FixAdvice> = Default::default();
+    for f in findings {
+        let Some((package, installed, fixed_in)) = f.fix() else {
+            continue;
+        };
+        let key = package.to_ascii_lowercase().replace('_', "-");
+        let entry = by_package.entry(key).or_insert_with(|| FixAdvice {
+            package: package.to_string(),
+            installed: installed.to_string(),
+            fixed_in: fixed_in.to_string(),
+            ids: Vec::new(),
+        });
+        if crate::text::version_cmp(fixed_in, &entry.fixed_in).is_gt() {
+            entry.fixed_in = fixed_in.to_string();
+        }
+        if !entry.ids.contains(&f.id) {
+            entry.ids.push(f.id.clone());
+        }
+    }
+    by_package.into_values().collect()
+}
+
+/// The upgrades as a reason suffix (`; fix: flask 2.2.2 → 2.2.5 fixes PYSEC-…`), empty when none.
+fn advice(fixes: &[FixAdvice]) -> String {
+    if fixes.is_empty() {
+        return String::new();
+    }
+    let named: Vec<String> = fixes
+        .iter()
+        .take(REASON_FIXES)
+        .map(|f| crate::text::bounded(&f.to_string(), 200))
+        .collect();
+    let more = fixes.len().saturating_sub(REASON_FIXES);
+    let more = if more > 0 {
+        format!("; and {more} more upgrades")
+    } else {
+        String::new()
+    };
+    format!("; fix: {}{more}", named.join("; "))
+}
+
+/// The IDs of `ids` as a reason suffix (` (PYSEC-2023-221 high, … and 9 more)`); empty when none.
+fn named_ids(ids: &[&results::FindingId]) -> String {
+    if ids.is_empty() {
+        return String::new();
+    }
+    let named: Vec<String> = ids
+        .iter()
+        .take(REASON_IDS)
+        .map(|f| {
+            format!(
+                "{} {}",
+                crate::text::bounded(&f.id, 64),
+                severity_label(f.severity)
+            )
+        })
+        .collect();
+    let more = ids.len().saturating_sub(REASON_IDS);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(" ({}{more})", named.join(", "))
+}
+
+/// The findings that broke the gate (not excepted, above its maxSeverity or in a severity over
+/// its limit), most severe first.
+fn blocking<'a>(
     gate: &FindingsGate,
     counts: &FindingCounts,
-    found: &Findings,
+    found: &'a Findings,
     excepted: &[String],
-) -> String {
+) -> Vec<&'a results::FindingId> {
     let over_limit = |severity: results::Severity| {
         let Some(limits) = &gate.max else {
             return false;
@@ -327,28 +414,8 @@ fn blocking_ids(
                 || over_limit(f.severity)
         })
         .collect();
-    if ids.is_empty() {
-        return String::new();
-    }
     ids.sort_by_key(|f| std::cmp::Reverse(gate_level(f.severity)));
-    let named: Vec<String> = ids
-        .iter()
-        .take(REASON_IDS)
-        .map(|f| {
-            format!(
-                "{} {}",
-                crate::text::bounded(&f.id, 64),
-                severity_label(f.severity)
-            )
-        })
-        .collect();
-    let more = ids.len().saturating_sub(REASON_IDS);
-    let more = if more > 0 {
-        format!(" and {more} more")
-    } else {
-        String::new()
-    };
-    format!(" ({}{more})", named.join(", "))
+    ids
 }
 
 /// Where a finding's severity sits on the gate's scale; unknown counts as high.
@@ -586,6 +653,48 @@ mod tests {
         let (counts, applied) = apply_exceptions(&found, &e, today());
         assert_eq!(counts.high, 1);
         assert_eq!(applied, vec!["X".to_string()]);
+    }
+
+    #[test]
+    fn a_blocked_reason_and_the_verdict_name_the_upgrade_that_fixes_the_findings() {
+        let found = findings_result(
+            r#"{"critical":1,"high":2,"low":1,"ids":[
+              {"id":"PYSEC-2023-62","severity":"critical","package":"flask","installed":"2.2.2","fixedIn":"2.2.5"},
+              {"id":"PYSEC-2023-63","severity":"high","package":"Flask","installed":"2.2.2","fixedIn":"2.2.10"},
+              {"id":"GHSA-xx","severity":"high","package":"werkzeug","installed":"2.2.2"},
+              {"id":"PYSEC-low","severity":"low","package":"idna","installed":"3.3","fixedIn":"3.7"}]}"#,
+        );
+        let v = judge(
+            &stage(findings_gate(Some(MaxSeverity::Medium), None)),
+            &RunOutcome::Succeeded,
+            &found,
+            ctx(&[]),
+        );
+        assert_eq!(v.verdict, Verdict::Blocked);
+        // One upgrade per package, the highest fix (2.2.10 > 2.2.5 as versions, not as text).
+        assert!(
+            v.reason
+                .ends_with("; fix: flask 2.2.2 → 2.2.10 fixes PYSEC-2023-62, PYSEC-2023-63"),
+            "{}",
+            v.reason
+        );
+        // The low finding did not block, so the reason does not name its fix; the status does.
+        assert!(!v.reason.contains("idna"), "{}", v.reason);
+        let packages: Vec<&str> = v.fixes.iter().map(|f| f.package.as_str()).collect();
+        assert_eq!(packages, ["flask", "idna"]);
+        // Without a fixed version there is nothing to advise.
+        assert!(!v.fixes.iter().any(|f| f.package == "werkzeug"));
+    }
+
+    #[test]
+    fn versions_compare_by_number_where_they_are_numbers() {
+        use crate::text::version_cmp;
+        use std::cmp::Ordering::*;
+        assert_eq!(version_cmp("2.2.10", "2.2.5"), Greater);
+        assert_eq!(version_cmp("2.2", "2.2.0"), Less);
+        assert_eq!(version_cmp("1.0", "1.0"), Equal);
+        assert_eq!(version_cmp("1.0rc1", "1.0rc2"), Less);
+        assert_eq!(version_cmp("10", "9"), Greater);
     }
 
     #[test]

@@ -285,13 +285,32 @@ where
     K: Resource<DynamicType = ()>,
 {
     use futures::FutureExt;
+    use tracing::Instrument;
     if let Some(caches) = &ctx.caches {
         caches.ready().await;
     }
     let labels = ControllerLabels { controller };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();
-    let result = match std::panic::AssertUnwindSafe(reconcile).catch_unwind().await {
+    let span = tracing::info_span!(
+        "reconcile",
+        otel.name = %format!("reconcile {}", K::kind(&())),
+        controller,
+        namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+        name = obj.meta().name.as_deref().unwrap_or_default(),
+        otel.status_code = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    crate::telemetry::join_object_trace(&span, obj.meta().uid.as_deref());
+    let caught = std::panic::AssertUnwindSafe(reconcile)
+        .catch_unwind()
+        .instrument(span.clone())
+        .await;
+    if let Ok(Err(e)) = &caught {
+        span.record("otel.status_code", "ERROR");
+        span.record("error", e.to_string());
+    }
+    let result = match caught {
         Ok(result) => result,
         Err(payload) => {
             let what = panic_message(payload.as_ref());

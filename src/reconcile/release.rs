@@ -176,7 +176,10 @@ async fn sign_if_due(
     }
     let now = (ctx.now)();
     let chains = release_signing::chains_progress(pipeline, &plan.status.stages, task_runs);
-    match release_signing::sign(ctx, release, pipeline, &image, &plan.status.stages, chains).await {
+    let span =
+        tracing::info_span!("sign", image = %format!("{}@{}", image.repository, image.digest));
+    let signed = release_signing::sign(ctx, release, pipeline, &image, &plan.status.stages, chains);
+    match tracing::Instrument::instrument(signed, span).await {
         Ok(signature) => {
             let note = format!(
                 "signed {}@{} as {} with key {}",

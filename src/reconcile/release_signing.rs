@@ -404,6 +404,7 @@ pub fn gates_predicate(
                 "tests": s.tests,
                 "quality": s.quality,
                 "exceptionsApplied": s.exceptions_applied,
+                "fixes": s.fixes,
                 "reason": s.reason,
             })
         })
