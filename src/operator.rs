@@ -377,6 +377,7 @@ async fn controllers(
         depth_gauge(&metrics, reconcile::pipeline::CONTROLLER),
     ));
     let [q1, q2, q3, q4] = std::array::from_fn(|_| queued.clone());
+    let pipeline_wakeups = reconcile::wakeups::PipelineWakeups::default();
     let pipeline_loop = Controller::for_stream(
         feeds.pipelines.trigger().inspect(move |p| {
             if let Ok(p) = p {
@@ -396,8 +397,10 @@ async fn controllers(
         )
     })
     .watches_stream(feeds.releases.trigger(), move |r: ModelRelease| {
+        let wake = pipeline_wakeups.concerns(&r);
         q3.mark(
             r.namespace()
+                .filter(|_| wake)
                 .map(|ns| ObjectRef::<SecurePipeline>::new(&r.spec.pipeline_ref.name).within(&ns)),
         )
     })

@@ -108,8 +108,60 @@ pub fn after_deployment_change(
     woken
 }
 
+/// Which release events concern the release's pipeline: its status names the newest release
+/// and its rescans and history pruning look at ended ones, so a release's first sight and its end
+/// wake the pipeline; the steps in between (stages, signing, rollout: ~16 events per release) do
+/// not. Each pipeline reconcile reads its Tasks and Secret from the API server.
+#[derive(Default)]
+pub struct PipelineWakeups {
+    /// UIDs of releases seen and not yet ended.
+    running: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl PipelineWakeups {
+    /// Whether this event of `r` should wake its pipeline.
+    pub fn concerns(&self, r: &ModelRelease) -> bool {
+        let uid = r.uid().unwrap_or_default();
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if ended(r) {
+            // Its end (or a finished release seen again after a restart or relist).
+            running.remove(&uid);
+            return true;
+        }
+        running.insert(uid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_pipeline_hears_of_a_release_when_it_appears_and_when_it_ends_only() {
+        let wake = PipelineWakeups::default();
+        let mut r: ModelRelease = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "ModelRelease",
+            "metadata": {"name": "r1", "namespace": "ml", "uid": "u1"},
+            "spec": {"pipelineRef": {"name": "p"}, "revision": "abc",
+                     "target": {"deployment": "d", "container": "c"}}
+        }))
+        .expect("release");
+        assert!(wake.concerns(&r), "first sight");
+        assert!(!wake.concerns(&r), "a step in between");
+        let mut status = crate::api::ModelReleaseStatus::default();
+        status.phase = Phase::Signing;
+        r.status = Some(status.clone());
+        assert!(!wake.concerns(&r), "still running");
+        status.phase = Phase::Released;
+        r.status = Some(status);
+        assert!(wake.concerns(&r), "its end");
+        assert!(
+            wake.concerns(&r),
+            "an ended release seen again (relist) is cheap and rare"
+        );
+        r.metadata.uid = Some("u2".into());
+        r.status = None;
+        assert!(wake.concerns(&r), "another release");
+    }
     use super::*;
     use crate::{api::ModelReleaseStatus, fixtures};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

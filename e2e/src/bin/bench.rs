@@ -264,7 +264,7 @@ impl Bench {
         let p: SecurePipeline = serde_json::from_value(json!({
             "apiVersion": "sluice.dev/v1alpha1", "kind": "SecurePipeline",
             "metadata": {"name": format!("bench-{id}")},
-            "spec": {"image": {"repository": repo},
+            "spec": {"source": {"url": "https://git.example/evip/predictor.git"}, "image": {"repository": repo},
                      "stages": [{"name": "build", "taskRef": {"name": "buildah"}, "produces": "image"}],
                      "signing": signing}
         }))?;
