@@ -147,8 +147,10 @@ mod tests {
         .expect("release");
         assert!(wake.concerns(&r), "first sight");
         assert!(!wake.concerns(&r), "a step in between");
-        let mut status = crate::api::ModelReleaseStatus::default();
-        status.phase = Phase::Signing;
+        let mut status = crate::api::ModelReleaseStatus {
+            phase: Phase::Signing,
+            ..Default::default()
+        };
         r.status = Some(status.clone());
         assert!(!wake.concerns(&r), "still running");
         status.phase = Phase::Released;
