@@ -3,9 +3,6 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use anyhow::Context;
-use kube::Api;
-
 use crate::api::{ModelRelease, release::FixAdvice};
 
 /// Lines of context around each change, as `diff -u`.
@@ -18,15 +15,7 @@ pub async fn advise(
     namespace: Option<&str>,
     requirements: &Path,
 ) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")?;
-    let ns = namespace.unwrap_or(client.default_namespace()).to_string();
-    let api: Api<ModelRelease> = Api::namespaced(client, &ns);
-    let release = api
-        .get(name)
-        .await
-        .with_context(|| format!("reading ModelRelease {ns}/{name}"))?;
+    let (ns, _, release) = super::read_release(name, namespace).await?;
     let fixes = release_fixes(&release);
     if fixes.is_empty() {
         eprintln!("ModelRelease {ns}/{name}: no finding names a version that fixes it");

@@ -1,13 +1,10 @@
 //! `sluice approve`: approve the signed digest of a ModelRelease for rollout.
 
 use anyhow::{Context, bail};
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use crate::api::{ANNOTATION_APPROVED_DIGEST, FIELD_MANAGER, ModelRelease};
+use crate::api::{ANNOTATION_APPROVED_DIGEST, FIELD_MANAGER};
 
 /// Sets `sluice.dev/approved-digest` to the release's signed digest. With `expected`, refuses
 /// unless that is the digest signed, so an approval reviewed for one build never releases another.
@@ -16,15 +13,7 @@ pub async fn approve(
     namespace: Option<&str>,
     expected: Option<&str>,
 ) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")?;
-    let ns = namespace.unwrap_or(client.default_namespace()).to_string();
-    let api: Api<ModelRelease> = Api::namespaced(client, &ns);
-    let release = api
-        .get(name)
-        .await
-        .with_context(|| format!("reading ModelRelease {ns}/{name}"))?;
+    let (ns, api, release) = super::read_release(name, namespace).await?;
     let status = release.status.unwrap_or_default();
     let (Some(image), Some(signature)) = (status.image, status.signature) else {
         bail!(

@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::{leader::LeaseConfig, operator, telemetry};
@@ -176,6 +177,28 @@ pub fn main() -> ExitCode {
             &a.image,
         ))),
     }
+}
+
+/// The ModelRelease `name` of `namespace` (the kubeconfig context's when `None`): its namespace,
+/// an API for it, and the release.
+async fn read_release(
+    name: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<(
+    String,
+    kube::Api<crate::api::ModelRelease>,
+    crate::api::ModelRelease,
+)> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (KUBECONFIG or in-cluster)")?;
+    let ns = namespace.unwrap_or(client.default_namespace()).to_string();
+    let api = kube::Api::<crate::api::ModelRelease>::namespaced(client, &ns);
+    let release = api
+        .get(name)
+        .await
+        .with_context(|| format!("reading ModelRelease {ns}/{name}"))?;
+    Ok((ns, api, release))
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {

@@ -133,10 +133,9 @@ pub async fn sign(
         .image_lock(&format!("{}@{}", image.repository, image.digest))
         .await;
     let format = signature_format(pipeline);
-    let result = match &chains_key {
-        None => sign_and_attest(&registry, &signer, image, &annotations, &statement, format).await,
-        Some(_) => attest_beside_chains(&registry, &signer, image, &statement, format).await,
-    };
+    // Beside Chains, Sluice signs only its attestation: the image's signature is Chains'.
+    let signature = chains_key.is_none().then_some(&annotations);
+    let result = sign_and_attest(&registry, &signer, image, signature, &statement, format).await;
     drop(held);
     drop(slot);
     ctx.metrics
@@ -262,18 +261,14 @@ async fn chains_trust(
     let Some(secret_ref) = named else {
         return trust_of(ctx, pipeline, ns).await;
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = &secret_ref.name;
-    let secret = secrets
-        .get_opt(name)
-        .await
-        .map_err(|e| failure("SecretUnreadable", format!("cannot read Chains public key Secret {name}: {e}")))?
-        .ok_or_else(|| {
-            failure(
-                reason::SIGNING_SECRET_NOT_FOUND,
-                format!("Chains public key Secret {name} not found in {ns}; create it with cosign.pub, the public key of Chains' signing key"),
-            )
-        })?;
+    let secret = read_secret(ctx, ns, name, "Chains public key", || {
+        failure(
+            reason::SIGNING_SECRET_NOT_FOUND,
+            format!("Chains public key Secret {name} not found in {ns}; create it with cosign.pub, the public key of Chains' signing key"),
+        )
+    })
+    .await?;
     let pem = secret
         .data
         .as_ref()
@@ -288,39 +283,6 @@ async fn chains_trust(
     Ok((pem.clone(), Trust::Key(pem)))
 }
 
-/// Attaches the gates attestation beside the signature Chains made, in the pipeline's format(s).
-async fn attest_beside_chains(
-    registry: &Registry,
-    signer: &SharedSigner,
-    image: &ImageRef,
-    statement: &Statement,
-    format: SignatureFormat,
-) -> Result<SignatureRef, SigningError> {
-    let (repo, digest) = (&image.repository, &image.digest);
-    let mut stored = SignatureRef {
-        reference: signing::payload::signature_tag(repo, digest),
-        attestation: None,
-        key_id: String::new(),
-        signed_at: String::new(),
-        // Not Sluice's push: the pre-rollout check verifies Chains' signature in full.
-        manifest_digest: None,
-        bundles: Vec::new(),
-    };
-    if format.legacy() {
-        let attested =
-            attestation::attest_image(registry, signer.as_ref(), repo, digest, statement).await?;
-        stored.attestation = Some(attested.reference);
-    }
-    if format.bundle() {
-        let subject = signing::bundle::subject(registry, repo, digest).await?;
-        let attested =
-            signing::ensure_bundle(registry, signer.as_ref(), repo, &subject, statement).await?;
-        stored.attestation.get_or_insert_with(|| attested.clone());
-        stored.bundles = vec![attested];
-    }
-    Ok(stored)
-}
-
 /// The pipeline's `spec.signing.format` (legacy when unset).
 fn signature_format(pipeline: &SecurePipeline) -> SignatureFormat {
     pipeline
@@ -331,47 +293,62 @@ fn signature_format(pipeline: &SecurePipeline) -> SignatureFormat {
         .unwrap_or_default()
 }
 
-/// Signs and attests in the pipeline's format(s); the returned reference's key and time are the
+/// Signs the image (when `signature` holds its annotations; `None` when Chains signed it) and
+/// attests it, in the pipeline's format(s); the returned reference's key and time are the
 /// caller's to fill.
 async fn sign_and_attest(
     registry: &Registry,
     signer: &SharedSigner,
     image: &ImageRef,
-    annotations: &BTreeMap<String, String>,
+    signature: Option<&BTreeMap<String, String>>,
     statement: &Statement,
     format: SignatureFormat,
 ) -> Result<SignatureRef, SigningError> {
     let (repo, digest) = (&image.repository, &image.digest);
     let mut stored = SignatureRef {
-        reference: String::new(),
+        // Chains' signature is at cosign's .sig tag whatever Sluice's format.
+        reference: match signature {
+            Some(_) => String::new(),
+            None => signing::payload::signature_tag(repo, digest),
+        },
         attestation: None,
         key_id: String::new(),
         signed_at: String::new(),
+        // Only Sluice's own push is recorded: Chains' signature is verified in full before rollout.
         manifest_digest: None,
         bundles: Vec::new(),
     };
     if format.legacy() {
-        let signed =
-            signing::sign_image(registry, signer.as_ref(), repo, digest, annotations).await?;
+        if let Some(annotations) = signature {
+            let signed =
+                signing::sign_image(registry, signer.as_ref(), repo, digest, annotations).await?;
+            stored.reference = signed.reference;
+            stored.manifest_digest = signed.manifest_digest;
+        }
         let attested =
             attestation::attest_image(registry, signer.as_ref(), repo, digest, statement).await?;
-        stored.reference = signed.reference;
         stored.attestation = Some(attested.reference);
-        stored.manifest_digest = signed.manifest_digest;
     }
     if format.bundle() {
         // Read once for both bundles; a digest not in the registry is `NotFound` here.
         let subject = signing::bundle::subject(registry, repo, digest).await?;
-        let sig = signing::bundle::signature_statement(digest);
-        let signed =
-            signing::ensure_bundle(registry, signer.as_ref(), repo, &subject, &sig).await?;
+        let mut bundles = Vec::new();
+        if signature.is_some() {
+            let sig = signing::bundle::signature_statement(digest);
+            bundles.push(
+                signing::ensure_bundle(registry, signer.as_ref(), repo, &subject, &sig).await?,
+            );
+        }
         let attested =
             signing::ensure_bundle(registry, signer.as_ref(), repo, &subject, statement).await?;
         if !format.legacy() {
-            stored.reference = signed.clone();
+            if let Some(signed) = bundles.first() {
+                stored.reference = signed.clone();
+            }
             stored.attestation = Some(attested.clone());
         }
-        stored.bundles = vec![signed, attested];
+        bundles.push(attested);
+        stored.bundles = bundles;
     }
     Ok(stored)
 }
@@ -540,26 +517,38 @@ async fn signing_secret(
         ));
     };
     let (kind, secret_name) = signing.signer();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret = secrets
-        .get_opt(secret_name)
+    let secret = read_secret(ctx, ns, secret_name, "signing", || {
+        failure(
+            reason::SIGNING_SECRET_NOT_FOUND,
+            format!(
+                "signing Secret {secret_name} not found in {ns}; {}",
+                super::pipeline::secret_hint(kind, secret_name)
+            ),
+        )
+    })
+    .await?;
+    Ok((kind, secret_name.to_string(), secret))
+}
+
+/// The Secret `name` of `ns`, read fresh (Secrets are never cached, by RBAC design); `what` names
+/// it in the error when it cannot be read, `missing` is the failure when it does not exist.
+async fn read_secret(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    what: &str,
+    missing: impl FnOnce() -> SigningFailure,
+) -> Result<Secret, SigningFailure> {
+    Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
         .await
         .map_err(|e| {
             failure(
                 "SecretUnreadable",
-                format!("cannot read signing Secret {secret_name}: {e}"),
+                format!("cannot read {what} Secret {name}: {e}"),
             )
         })?
-        .ok_or_else(|| {
-            failure(
-                reason::SIGNING_SECRET_NOT_FOUND,
-                format!(
-                    "signing Secret {secret_name} not found in {ns}; {}",
-                    super::pipeline::secret_hint(kind, secret_name)
-                ),
-            )
-        })?;
-    Ok((kind, secret_name.to_string(), secret))
+        .ok_or_else(missing)
 }
 
 /// Re-verifies the release's signature from the registry, against the Secret's `cosign.pub`
@@ -748,25 +737,16 @@ async fn registry_auth(
     let Some(secret_ref) = &pipeline.spec.image.credentials_secret_ref else {
         return Ok(RegistryAuth::Anonymous);
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret = secrets
-        .get_opt(&secret_ref.name)
-        .await
-        .map_err(|e| {
-            failure(
-                "SecretUnreadable",
-                format!("cannot read registry Secret {}: {e}", secret_ref.name),
-            )
-        })?
-        .ok_or_else(|| {
-            failure(
-                "RegistrySecretNotFound",
-                format!(
-                    "registry credentials Secret {} not found in {ns}",
-                    secret_ref.name
-                ),
-            )
-        })?;
+    let secret = read_secret(ctx, ns, &secret_ref.name, "registry", || {
+        failure(
+            "RegistrySecretNotFound",
+            format!(
+                "registry credentials Secret {} not found in {ns}",
+                secret_ref.name
+            ),
+        )
+    })
+    .await?;
     let config = secret
         .data
         .as_ref()
