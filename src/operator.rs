@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller, WatchStreamExt, controller,
         reflector::{self, ObjectRef, Store, store::Writer},
         watcher,
     },
@@ -42,7 +42,14 @@ pub struct RunConfig {
     pub insecure_registries: Vec<String>,
     /// The PKCS#11 module for HSM signing, if any.
     pub pkcs11_module: Option<std::path::PathBuf>,
+    /// Reconciles of ModelReleases running at once (0: unbounded).
+    pub max_concurrent_reconciles: u16,
 }
+
+/// The default bound on ModelRelease reconciles in flight: enough to keep a 2-core operator and
+/// its API server busy, few enough that a backlog of thousands queues in the operator (where a
+/// reconcile costs nothing) instead of as requests the API server answers with 429s and 504s.
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
 
 #[derive(Clone)]
 struct Web {
@@ -84,7 +91,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         context.caches = Some(feeds.caches.clone());
         let ctx = Arc::new(context);
         let term = tokio::select! {
-            () = controllers(client.clone(), ctx, metrics.clone(), &stop, feeds) => Term::Stopped,
+            () = controllers(client.clone(), ctx, metrics.clone(), &stop, feeds, config.max_concurrent_reconciles) => Term::Stopped,
             () = leadership.keep() => Term::Lost,
             () = async { stop.wait().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
                 warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; stopping anyway");
@@ -268,14 +275,15 @@ impl Feeds {
         let (releases_store, r, releases) = Feed::new();
         let (pipelines_store, p, pipelines) = Feed::new();
         let (task_runs_store, t, task_runs) = Feed::new();
-        // Not read by the reconcilers (the rollout reads a Deployment fresh: its resourceVersion
-        // is the claim's precondition); its store is only what `reflect` fills.
-        let (_, d, deployments) = Feed::new();
+        // Read by a rollout only while it waits (a claim, an image write or a rollback is
+        // decided on a fresh read: the claim's precondition is its resourceVersion).
+        let (deployments_store, d, deployments) = Feed::new();
         Self {
             caches: Caches {
                 releases: releases_store,
                 pipelines: pipelines_store,
                 task_runs: task_runs_store,
+                deployments: deployments_store,
                 listed: vec![r, p, t, d],
             },
             releases,
@@ -292,6 +300,7 @@ async fn controllers(
     metrics: SharedMetrics,
     stop: &Shutdown,
     mut feeds: Feeds,
+    concurrency: u16,
 ) {
     // Not `any_semantic()`: after an API-server restart a list at resourceVersion 0 was served
     // from a watch cache behind the new server's watch window, and every watch from its version
@@ -361,6 +370,7 @@ async fn controllers(
             &siblings.state(),
         ))
     })
+    .with_config(controller::Config::default().concurrency(concurrency))
     .graceful_shutdown_on({
         let s = stop.clone();
         async move { s.wait().await }

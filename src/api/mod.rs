@@ -7,6 +7,8 @@ pub mod release;
 pub use pipeline::{SecurePipeline, SecurePipelineSpec, SecurePipelineStatus, Stage};
 pub use release::{ModelRelease, ModelReleaseSpec, ModelReleaseStatus, Phase};
 
+/// The ModelRelease field selector naming its target Deployment (a CRD selectable field).
+pub const FIELD_TARGET_DEPLOYMENT: &str = "spec.target.deployment";
 /// Label on every TaskRun naming the ModelRelease it belongs to.
 pub const LABEL_RELEASE: &str = "sluice.dev/release";
 /// Label on every TaskRun naming its stage.

@@ -20,6 +20,7 @@ use super::pipeline::LocalObjectRef;
     status = "ModelReleaseStatus",
     shortname = "mr",
     category = "sluice",
+    selectable = ".spec.target.deployment",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Pipeline",

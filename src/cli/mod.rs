@@ -94,6 +94,9 @@ struct RunArgs {
     /// OTLP/HTTP collector base URL (e.g. http://otel-collector:4318) for OpenTelemetry traces; off when unset (the standard OTEL_EXPORTER_OTLP_ENDPOINT works too).
     #[arg(long, env = "SLUICE_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// ModelRelease reconciles in flight at once (0: unbounded); the rest wait in the work queue.
+    #[arg(long, env = "SLUICE_MAX_CONCURRENT_RECONCILES", default_value_t = operator::DEFAULT_MAX_CONCURRENT_RECONCILES)]
+    max_concurrent_reconciles: u16,
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, env = "SLUICE_LEASE_SECONDS", default_value_t = operator::DEFAULT_LEASE_DURATION.as_secs())]
     lease_seconds: u64,
@@ -223,6 +226,7 @@ fn run(args: RunArgs) -> ExitCode {
         listen: args.listen,
         insecure_registries: args.insecure_registries,
         pkcs11_module: args.pkcs11_module,
+        max_concurrent_reconciles: args.max_concurrent_reconciles,
         lease: LeaseConfig {
             name: args.lease_name,
             namespace: args.lease_namespace,

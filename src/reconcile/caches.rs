@@ -1,6 +1,5 @@
 //! The watch caches both controllers read instead of the API server: one shared watch per kind
-//! (ModelReleases, SecurePipelines, Sluice's TaskRuns; Deployments only trigger, as the rollout
-//! reads them fresh), fed to the controllers as triggers and read by the reconcilers. Without caches (unit tests against a mocked API) every
+//! (ModelReleases, SecurePipelines, Sluice's TaskRuns, Deployments), fed to the controllers as triggers and read by the reconcilers. Without caches (unit tests against a mocked API) every
 //! read goes to the API server, so the same code runs either way.
 //!
 //! What is still read fresh, and why, is said where it happens: the turn decision confirms a
@@ -8,6 +7,7 @@
 //! status writes carry the resourceVersion they were computed from, and a stale write re-reads;
 //! Secrets are never cached (the chart's RBAC may get, never list them).
 
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, ResourceExt,
     api::ListParams,
@@ -29,6 +29,8 @@ pub struct Caches {
     pub pipelines: Store<SecurePipeline>,
     /// TaskRuns labelled `sluice.dev/pipeline` (the stages and rescans Sluice created).
     pub task_runs: Store<TaskRun>,
+    /// Every Deployment (read while a rollout only waits; see `release_rollout::current_target`).
+    pub deployments: Store<Deployment>,
     /// One per watch (the Deployments' too): true once its first full list is in.
     pub listed: Vec<tokio::sync::watch::Receiver<bool>>,
 }
@@ -64,20 +66,33 @@ impl Context {
         }
     }
 
-    /// The ModelReleases of namespace `ns`.
-    pub async fn releases(&self, ns: &str) -> Result<Vec<ModelRelease>, Error> {
+    /// The cached copy of Deployment `name` in `ns` (None without caches or when not cached).
+    pub fn cached_deployment(&self, ns: &str, name: &str) -> Option<Deployment> {
+        let c = self.caches.as_ref()?;
+        c.deployments
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|d| (*d).clone())
+    }
+
+    /// The ModelReleases of namespace `ns` that `wanted` keeps. Filtered before they are copied
+    /// out of the cache: a namespace may hold thousands, a reconcile needs a few.
+    pub async fn releases(
+        &self,
+        ns: &str,
+        wanted: impl Fn(&ModelRelease) -> bool,
+    ) -> Result<Vec<ModelRelease>, Error> {
         match &self.caches {
             Some(c) => Ok(c
                 .releases
                 .state()
                 .into_iter()
-                .filter(|r| in_namespace(&**r, ns))
+                .filter(|r| in_namespace(&**r, ns) && wanted(r))
                 .map(|r| (*r).clone())
                 .collect()),
             None => Api::<ModelRelease>::namespaced(self.client.clone(), ns)
                 .list(&ListParams::default())
                 .await
-                .map(|l| l.items)
+                .map(|l| l.items.into_iter().filter(|r| wanted(r)).collect())
                 .map_err(api("list-releases")),
         }
     }

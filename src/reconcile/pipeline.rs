@@ -9,7 +9,7 @@ use kube::{Api, ResourceExt, runtime::controller::Action};
 use super::{Ctx, Error, Notice, api, history, release_plan, rescan, status_write::StatusWriter};
 use crate::{
     api::{
-        SecurePipeline, SecurePipelineStatus,
+        ModelRelease, SecurePipeline, SecurePipelineStatus,
         conditions::{self, Health, reason},
         pipeline::{SignerKind, SigningSpec},
     },
@@ -43,10 +43,13 @@ pub async fn reconcile(pipeline: Arc<SecurePipeline>, ctx: Ctx) -> Result<Action
 
 async fn reconcile_inner(pipeline: &SecurePipeline, ctx: &Ctx) -> Result<Action, Error> {
     let ns = pipeline.namespace().ok_or(Error::NoNamespace)?;
-    let refs = dereference(pipeline, ctx, &ns).await?;
+    let name = pipeline.name_any();
+    let releases = ctx
+        .releases(&ns, |r| r.spec.pipeline_ref.name == name)
+        .await?;
+    let refs = dereference(pipeline, ctx, &ns, &releases).await?;
     let old = pipeline.status.clone().unwrap_or_default();
     let mut status = build_status(pipeline, &refs, Time((ctx.now)()));
-    let releases = ctx.releases(&ns).await?;
     rescan::run(ctx, pipeline, &releases, &mut status).await?;
     history::prune(ctx, pipeline, &releases).await?;
     conditions::keep_transition_times(&mut status.conditions, &old.conditions);
@@ -76,7 +79,14 @@ async fn reconcile_inner(pipeline: &SecurePipeline, ctx: &Ctx) -> Result<Action,
     ))
 }
 
-async fn dereference(pipeline: &SecurePipeline, ctx: &Ctx, ns: &str) -> Result<References, Error> {
+/// What the pipeline refers to (Tasks, the signing Secret) and its newest release among
+/// `releases` (those naming it).
+async fn dereference(
+    pipeline: &SecurePipeline,
+    ctx: &Ctx,
+    ns: &str,
+    releases: &[ModelRelease],
+) -> Result<References, Error> {
     let tasks: Api<Task> = Api::namespaced(ctx.client.clone(), ns);
     let mut refs = References::default();
     for stage in &pipeline.spec.stages {
@@ -103,12 +113,8 @@ async fn dereference(pipeline: &SecurePipeline, ctx: &Ctx, ns: &str) -> Result<R
             .map_err(api("get-secret"))?
             .is_none();
     }
-    let name = pipeline.name_any();
-    refs.last_release = ctx
-        .releases(ns)
-        .await?
-        .into_iter()
-        .filter(|r| r.spec.pipeline_ref.name == name)
+    refs.last_release = releases
+        .iter()
         .max_by(|a, b| {
             (
                 a.metadata.creation_timestamp.as_ref().map(|t| t.0),

@@ -25,7 +25,8 @@ use super::{
 };
 use crate::{
     api::{
-        FIELD_MANAGER, FINALIZER_ROLLOUT, ModelRelease, ModelReleaseStatus, Phase, SecurePipeline,
+        FIELD_MANAGER, FIELD_TARGET_DEPLOYMENT, FINALIZER_ROLLOUT, ModelRelease,
+        ModelReleaseStatus, Phase, SecurePipeline,
         conditions::{self, Health, reason},
         release::{RolloutStatus, Verdict},
     },
@@ -289,11 +290,15 @@ impl<'a> Rollout<'a> {
         // Deployment: a holder stores its final phase before it gives the claim back, so a claim
         // seen free comes with that phase visible there, and a lagging cache could hide a newer
         // release that was just released. A claim already held needs no confirmation.
-        let cached = self.ctx.releases(&self.namespace()).await?;
+        let target = self.target().to_string();
+        let cached = self
+            .ctx
+            .releases(&self.namespace(), |r| r.spec.target.deployment == target)
+            .await?;
         let mut turn = rollout::turn(self.release, dep, &cached);
         if turn == Turn::Go && self.ctx.caches.is_some() && !rollout::holds_claim(dep, self.release)
         {
-            turn = rollout::turn(self.release, dep, &self.fresh_releases().await?.items);
+            turn = rollout::turn(self.release, dep, &self.fresh_releases().await?);
         }
         let target = self.target().to_string();
         match turn {
@@ -382,13 +387,26 @@ impl<'a> Rollout<'a> {
         }
     }
 
-    /// The releases of this namespace, read fresh (not from the cache): a holder stores its final
-    /// phase before it gives the claim back, and only a fresh list is sure to show it.
-    async fn fresh_releases(&self) -> Result<kube::core::ObjectList<ModelRelease>, Error> {
-        Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace())
-            .list(&ListParams::default())
+    /// The releases of this release's Deployment, read fresh (not from the cache): a holder
+    /// stores its final phase before it gives the claim back, and only a fresh list is sure to
+    /// show it. Narrowed by the CRD's selectable field `spec.target.deployment`, so that 2,000
+    /// releases of one namespace cost a few objects per turn, not 2,000; an API server without
+    /// selectable fields (before 1.31) refuses the selector, and the whole namespace is read.
+    async fn fresh_releases(&self) -> Result<Vec<ModelRelease>, Error> {
+        let releases = Api::<ModelRelease>::namespaced(self.ctx.client.clone(), &self.namespace());
+        let selector = format!("{FIELD_TARGET_DEPLOYMENT}={}", self.target());
+        match releases
+            .list(&ListParams::default().fields(&selector))
             .await
-            .map_err(api("list-releases"))
+        {
+            Ok(list) => Ok(list.items),
+            Err(kube::Error::Api(s)) if s.code == 400 => releases
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .map_err(api("list-releases")),
+            Err(e) => Err(api("list-releases")(e)),
+        }
     }
 
     async fn patch_release_json(
@@ -540,7 +558,7 @@ impl<'a> Rollout<'a> {
         let vulnerable = conditions::get(&self.status.conditions, conditions::VULNERABLE)
             .map(|c| c.message.clone())
             .unwrap_or_default();
-        let Some(to) = super::rescan::last_passing(self.release, &all.items) else {
+        let Some(to) = super::rescan::last_passing(self.release, &all) else {
             let note = format!(
                 "{vulnerable}; onFinding: rollback found no earlier release whose latest rescan passes, so this one keeps running"
             );
@@ -559,7 +577,7 @@ impl<'a> Rollout<'a> {
         let Some(dep) = self.ready_target().await? else {
             return Ok(());
         };
-        match rollout::turn(self.release, &dep, &all.items) {
+        match rollout::turn(self.release, &dep, &all) {
             Turn::Go => {}
             // A rival rolls out (or was released): it replaces this image anyway.
             Turn::Wait(_) | Turn::Superseded(_) => return Ok(()),
@@ -689,7 +707,10 @@ impl<'a> Rollout<'a> {
         ) else {
             return Ok(());
         };
-        let Some(dep) = self.current_target(&rollout).await? else {
+        let Some(dep) = self
+            .current_target(&rollout, &previous, &rollout.image)
+            .await?
+        else {
             return Ok(());
         };
         let container = self.release.spec.target.container.clone();
@@ -774,11 +795,22 @@ impl<'a> Rollout<'a> {
         }
     }
 
-    /// The Deployment being rolled out, or Failed when it vanished.
+    /// The Deployment being moved from image `from` to `to`, or Failed when it vanished. The
+    /// watch cache's copy serves while it only says "wait" or "done and healthy" (a rollout
+    /// reconciles a dozen times while its pods come up); anything the reconcile would act on —
+    /// write the image, roll back, end the release — is decided on a fresh read.
     async fn current_target(
         &mut self,
         rollout: &RolloutStatus,
+        from: &str,
+        to: &str,
     ) -> Result<Option<Deployment>, Error> {
+        let cached = self
+            .ctx
+            .cached_deployment(&self.namespace(), &rollout.deployment);
+        if let Some(dep) = cached.filter(|d| self.cache_suffices(d, rollout, from, to)) {
+            return Ok(Some(dep));
+        }
         let dep = self
             .deployments()
             .get_opt(&rollout.deployment)
@@ -792,6 +824,35 @@ impl<'a> Rollout<'a> {
             self.end_without_undo(reason::ROLLOUT_FAILED, message);
         }
         Ok(dep)
+    }
+
+    /// Whether the cached `dep` only tells this reconcile to wait, or that the move to `to` is
+    /// complete with every replica healthy (see `current_target`).
+    fn cache_suffices(
+        &self,
+        dep: &Deployment,
+        rollout: &RolloutStatus,
+        from: &str,
+        to: &str,
+    ) -> bool {
+        let container = &self.release.spec.target.container;
+        if !matches!(
+            rollout::step(dep, self.release, container, from, to),
+            Step::Follow(_)
+        ) {
+            return false;
+        }
+        // No `since`: any progress-deadline condition counts, and then a fresh read decides.
+        match rollout::progress(dep, None, self.now) {
+            Progress::Complete => rollout::unhealthy(dep).is_none(),
+            Progress::InProgress(_) => {
+                let since = rollout.started_at.parse().ok();
+                let deadline = self.pipeline.spec.rollout_deadline_seconds();
+                self.status.phase == Phase::RollingOut
+                    && !rollout::past_deadline(since, self.now, deadline)
+            }
+            Progress::Failed(_) => false,
+        }
     }
 
     fn post_deploy_stages(&self) -> Vec<String> {
@@ -846,11 +907,14 @@ impl<'a> Rollout<'a> {
     /// Watches the Deployment's health and reads the post-deploy verdicts the planner recorded.
     async fn verify_post_deploy(&mut self) -> Result<(), Error> {
         if let Some(rollout) = self.status.rollout.clone() {
-            let Some(dep) = self.current_target(&rollout).await? else {
+            let previous = self.status.previous_image.clone().unwrap_or_default();
+            let Some(dep) = self
+                .current_target(&rollout, &previous, &rollout.image)
+                .await?
+            else {
                 return Ok(());
             };
             let container = self.release.spec.target.container.clone();
-            let previous = self.status.previous_image.clone().unwrap_or_default();
             match rollout::step(&dep, self.release, &container, &previous, &rollout.image) {
                 Step::Follow(_) => {
                     if self.unhealthy_too_long(&dep, &rollout) {
@@ -932,7 +996,10 @@ impl<'a> Rollout<'a> {
         ) else {
             return Ok(());
         };
-        let Some(dep) = self.current_target(&rollout).await? else {
+        let Some(dep) = self
+            .current_target(&rollout, &rollout.image, &previous)
+            .await?
+        else {
             return Ok(());
         };
         let container = self.release.spec.target.container.clone();

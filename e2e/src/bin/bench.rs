@@ -17,8 +17,8 @@
 //! release never ended (nothing lost), or the operator died (lost its Lease) during the run.
 //!
 //! Env: BENCH_ROUNDS (2), BENCH_STEADY (40 images at BENCH_RATE 2/s), BENCH_BURST (100),
-//! BENCH_BACKLOG (2000 over 200 Deployments; 0 skips it). The operator is restarted with its
-//! benchmark identity (`.e2e/kubeconfig-sluice`) and the binary `SLUICE_BIN` (make bench: release).
+//! BENCH_BACKLOG (2000 over 200 Deployments; 0 skips it; BENCH_BACKLOG_ARMS=sluice runs only
+//! Sluice's). The operator is restarted with its benchmark identity (`.e2e/kubeconfig-sluice`) and the binary `SLUICE_BIN` (make bench: release).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -156,7 +156,14 @@ async fn main() -> Result<()> {
     }
     print_table(&runs);
     if cfg.backlog > 0 {
-        let chains = bench.backlog(Arm::Chains, cfg.backlog).await?;
+        // BENCH_BACKLOG_ARMS=sluice re-measures Sluice alone (Chains' column then reads 0 and n/a).
+        let arms = std::env::var("BENCH_BACKLOG_ARMS").unwrap_or_else(|_| "chains,sluice".into());
+        let chains = if arms.contains("chains") {
+            bench.backlog(Arm::Chains, cfg.backlog).await?
+        } else {
+            println!("bench: Chains' backlog skipped (BENCH_BACKLOG_ARMS={arms})");
+            Run::default()
+        };
         let sluice = bench.backlog(Arm::Sluice, cfg.backlog).await?;
         lost += (chains.n - chains.signed) + (sluice.n - sluice.signed);
         print_backlog(cfg.backlog, &chains, &sluice);
