@@ -61,9 +61,15 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
     let mut plan = release_plan::plan(release, pipeline.as_ref(), &seen, (ctx.now)());
     // A TaskRun without Sluice's labels may hold a stage's name: judge it (the planner finds it
     // untrusted) rather than creating over it, which would fail with 409 forever.
-    let squatters = existing_task_runs(&task_runs, &plan.create).await?;
-    if !squatters.is_empty() {
-        seen.extend(squatters);
+    // A release being deleted starts nothing new: its owner is going away.
+    let deleting = release.metadata.deletion_timestamp.is_some();
+    let to_create = if deleting { &[][..] } else { &plan.create[..] };
+    // A name already taken — by a TaskRun the cache does not show yet, or one without Sluice's
+    // labels — is read and judged (the planner finds a stranger untrusted) rather than created
+    // over, which would fail with 409 forever.
+    let taken = create_task_runs(ctx, &task_runs, to_create).await?;
+    if !taken.is_empty() {
+        seen.extend(taken);
         plan = release_plan::plan(release, pipeline.as_ref(), &seen, (ctx.now)());
     }
     if let Some(p) = pipeline.as_ref() {
@@ -87,12 +93,6 @@ async fn reconcile_inner(release: &ModelRelease, ctx: &Ctx) -> Result<Action, Er
         conditions::keep_transition_times(&mut plan.status.conditions, &old.conditions);
     }
 
-    // A release being deleted starts nothing new: its owner is going away.
-    let deleting = release.metadata.deletion_timestamp.is_some();
-    for tr in plan.create.iter().filter(|_| !deleting) {
-        create_task_run(&task_runs, tr).await?;
-        ctx.metrics.task_runs_created.inc();
-    }
     if release.status.as_ref() != Some(&plan.status) {
         super::phase_clock::write(
             &writer,
@@ -307,35 +307,33 @@ async fn cancel_task_runs(
     Ok(())
 }
 
-/// Those of `planned` whose names are already taken.
-async fn existing_task_runs(
+/// Creates the `planned` TaskRuns; returns those whose names were already taken, as read then.
+/// One create each (no read first): the deterministic names make a second create after a
+/// restart or a lagging cache a 409, and only then is the TaskRun read.
+async fn create_task_runs(
+    ctx: &Ctx,
     api_: &Api<TaskRun>,
     planned: &[TaskRun],
 ) -> Result<Vec<TaskRun>, Error> {
-    let mut found = Vec::new();
-    for tr in planned {
-        if let Some(existing) = api_
-            .get_opt(&tr.name_any())
-            .await
-            .map_err(api("get-taskrun"))?
-        {
-            found.push(existing);
-        }
-    }
-    Ok(found)
-}
-
-async fn create_task_run(api_: &Api<TaskRun>, tr: &TaskRun) -> Result<(), Error> {
     let pp = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PostParams::default()
     };
-    match api_.create(&pp, tr).await {
-        Ok(_) => Ok(()),
-        // The deterministic name makes a second create after a restart or a stale list a no-op.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(api("create-taskrun")(e)),
+    let mut taken = Vec::new();
+    for tr in planned {
+        match api_.create(&pp, tr).await {
+            Ok(_) => {
+                ctx.metrics.task_runs_created.inc();
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => taken.extend(
+                api_.get_opt(&tr.name_any())
+                    .await
+                    .map_err(api("get-taskrun"))?,
+            ),
+            Err(e) => return Err(api("create-taskrun")(e)),
+        };
     }
+    Ok(taken)
 }
 
 fn next_action(status: &crate::api::ModelReleaseStatus, pipeline_found: bool) -> Action {
@@ -398,13 +396,8 @@ mod tests {
     const TASKRUNS_URI: &str = "/apis/tekton.dev/v1/namespaces/evip/taskruns";
 
     /// Answers the reconciler's look-ups of the TaskRun names it is about to create: all free.
-    async fn names_free(server: &mut ApiServer, stages: &[&str]) {
-        for stage in stages {
-            server
-                .expect(Method::GET, &format!("{TASKRUNS_URI}/predictor-42-{stage}"))
-                .await
-                .not_found();
-        }
+    fn already_exists() -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "exists"})
     }
     const STATUS_URI: &str =
         "/apis/sluice.dev/v1alpha1/namespaces/evip/modelreleases/predictor-42/status";
@@ -462,7 +455,6 @@ mod tests {
     async fn a_new_release_creates_the_taskruns_of_stages_without_dependencies() {
         let result = run(fixtures::release(), |mut server| async move {
             serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), vec![]).await;
-            names_free(&mut server, &["unit-tests", "dependency-audit"]).await;
             for stage in ["unit-tests", "dependency-audit"] {
                 let post = server
                     .expect(
@@ -554,6 +546,9 @@ mod tests {
             let mut squatter = fixtures::finished_task_run("unit-tests", true, &[]);
             squatter.metadata.labels = None;
             squatter.metadata.owner_references = None;
+            let post = server.expect(Method::POST, TASKRUNS_URI).await;
+            assert_eq!(post.body["metadata"]["name"], "predictor-42-unit-tests");
+            post.respond(StatusCode::CONFLICT, &already_exists());
             server
                 .expect(
                     Method::GET,
@@ -561,8 +556,11 @@ mod tests {
                 )
                 .await
                 .ok(&serde_json::to_value(&squatter).expect("json"));
-            names_free(&mut server, &["dependency-audit"]).await;
-            // Re-planned with the squatter: blocked, nothing created.
+            let post = server.expect(Method::POST, TASKRUNS_URI).await;
+            let body = post.body.clone();
+            post.respond(StatusCode::CREATED, &body);
+            // Re-planned with the squatter: blocked (the other stage's TaskRun is cancelled by
+            // the next reconcile, which sees it).
             let patch = server.expect(Method::PATCH, STATUS_URI).await;
             assert_eq!(patch.body["status"]["phase"], "Blocked");
             let reason = patch.body["status"]["stages"][0]["reason"]
@@ -585,16 +583,21 @@ mod tests {
     async fn an_existing_taskrun_on_create_is_not_an_error() {
         let result = run(fixtures::release(), |mut server| async move {
             serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), vec![]).await;
-            names_free(&mut server, &["unit-tests", "dependency-audit"]).await;
-            for _ in 0..2 {
+            for stage in ["unit-tests", "dependency-audit"] {
                 let post = server.expect(Method::POST, TASKRUNS_URI).await;
-                let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "exists"});
-                post.respond(StatusCode::CONFLICT, &conflict);
+                post.respond(StatusCode::CONFLICT, &already_exists());
+                // Ours, created by an earlier reconcile the cache does not show yet.
+                let ours = fixtures::running_task_run(stage);
+                server
+                    .expect(Method::GET, &format!("{TASKRUNS_URI}/predictor-42-{stage}"))
+                    .await
+                    .ok(&serde_json::to_value(&ours).expect("json"));
             }
             let patch = server.expect(Method::PATCH, STATUS_URI).await;
             let body = with_status(&patch.body);
             patch.ok(&body);
-            for reason in ["TaskRunCreated", "TaskRunCreated", "Running"] {
+            // Read back, they are judged as running: no second "created" Event.
+            for reason in ["Running"] {
                 server.expect_event(reason).await;
             }
             server
@@ -715,7 +718,6 @@ mod tests {
         ];
         let result = run(fixtures::release(), |mut server| async move {
             serve_pipeline_and_taskruns(&mut server, Some(&fixtures::pipeline()), trs).await;
-            names_free(&mut server, &["build"]).await;
             let post = server.expect(Method::POST, TASKRUNS_URI).await;
             assert_eq!(post.body["metadata"]["name"], "predictor-42-build");
             assert_eq!(post.body["spec"]["taskRef"], json!({"name": "buildah"}));
