@@ -7,6 +7,7 @@ pub mod dag;
 pub mod gates;
 pub mod leader;
 pub mod metrics;
+pub mod model_artifact;
 pub mod names;
 pub mod operator;
 pub mod reconcile;

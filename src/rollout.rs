@@ -85,6 +85,26 @@ pub fn container_image(dep: &Deployment, container: &str) -> Option<String> {
         .map(|c| c.image.clone().unwrap_or_default())
 }
 
+/// The environment variable that hands the server its model artifact, `repository@digest`.
+pub const MODEL_ENV: &str = "SLUICE_MODEL_REF";
+
+/// The value of `MODEL_ENV` on `container` (a literal value only; Sluice writes no other kind).
+pub fn container_model(dep: &Deployment, container: &str) -> Option<String> {
+    dep.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == container)?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == MODEL_ENV)
+        .and_then(|e| e.value.clone())
+}
+
 /// The release named by the pod template's annotation.
 pub fn template_release(dep: &Deployment) -> Option<String> {
     dep.spec
@@ -100,8 +120,20 @@ pub fn template_release(dep: &Deployment) -> Option<String> {
 
 /// The server-side apply body that owns only `container`'s image and the pod template's release
 /// annotation; without `release`, Sluice gives the annotation up.
-pub fn image_apply(deployment: &str, container: &str, image: &str, release: Option<&str>) -> Value {
-    let mut template = json!({"spec": {"containers": [{"name": container, "image": image}]}});
+pub fn image_apply(
+    deployment: &str,
+    container: &str,
+    image: &str,
+    release: Option<&str>,
+    model: Option<&str>,
+) -> Value {
+    let mut spec = json!({"name": container, "image": image});
+    // Listed by name (a merge key): only this entry is Sluice's; a restore without a model
+    // drops it, the container's other variables are untouched.
+    if let Some(model) = model {
+        spec["env"] = json!([{"name": MODEL_ENV, "value": model}]);
+    }
+    let mut template = json!({"spec": {"containers": [spec]}});
     if let Some(release) = release {
         template["metadata"] = json!({"annotations": {ANNOTATION_RELEASE: release}});
     }
@@ -427,7 +459,13 @@ mod tests {
 
     #[test]
     fn the_apply_body_owns_only_the_image_and_the_release_annotation() {
-        let body = image_apply("predictor", "server", "r/x@sha256:ab", Some("predictor-42"));
+        let body = image_apply(
+            "predictor",
+            "server",
+            "r/x@sha256:ab",
+            Some("predictor-42"),
+            None,
+        );
         assert_eq!(
             body,
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "predictor"},
@@ -435,8 +473,19 @@ mod tests {
                     "metadata": {"annotations": {"sluice.dev/release": "predictor-42"}},
                     "spec": {"containers": [{"name": "server", "image": "r/x@sha256:ab"}]}}}})
         );
-        let restore = image_apply("predictor", "server", "r/x:old", None);
+        let restore = image_apply("predictor", "server", "r/x:old", None, None);
         assert!(restore["spec"]["template"].get("metadata").is_none());
+        let bound = image_apply(
+            "predictor",
+            "server",
+            "r/x@sha256:ab",
+            None,
+            Some("m/w@sha256:cd"),
+        );
+        assert_eq!(
+            bound["spec"]["template"]["spec"]["containers"][0]["env"],
+            json!([{"name": "SLUICE_MODEL_REF", "value": "m/w@sha256:cd"}])
+        );
     }
 
     fn release(name: &str, created: &str, phase: Phase) -> ModelRelease {

@@ -28,7 +28,7 @@ pub fn git_repository() -> PathBuf {
 
 impl TestNamespace {
     /// A namespace with the eVIP example on the real node; returns it with the source revisions
-    /// `e2e/node/example` prints (CLEAN, VULNERABLE, SHELL_TRUE, NO_MODEL).
+    /// `e2e/node/example` prints (CLEAN, VULNERABLE, SHELL_TRUE, NO_MODEL) and the model artifact (MODEL).
     pub async fn on_real_node(prefix: &str) -> Result<(Self, BTreeMap<String, String>)> {
         let ns = Self::empty(prefix).await?;
         let out = {
@@ -68,26 +68,41 @@ impl TestNamespace {
         path: &str,
         body: &str,
     ) -> Result<String> {
+        let post = [
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+        ];
+        self.curl_service(service, port, path, &post).await
+    }
+
+    /// GETs `path` from the Service's ClusterIP (through kube-proxy); returns the body.
+    pub async fn get_from_service(&self, service: &str, port: u16, path: &str) -> Result<String> {
+        self.curl_service(service, port, path, &[]).await
+    }
+
+    async fn curl_service(
+        &self,
+        service: &str,
+        port: u16,
+        path: &str,
+        args: &[&str],
+    ) -> Result<String> {
         let svc = self.api::<Service>().get(service).await?;
         let ip = svc
             .spec
             .and_then(|s| s.cluster_ip)
             .context("service without a ClusterIP")?;
         let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-m",
-                "10",
-                "-X",
-                "POST",
-                "-H",
-                "content-type: application/json",
-            ])
+            .args(["-sS", "-m", "10"])
+            .args(args)
             .arg(format!("http://{ip}:{port}{path}"))
-            .args(["-d", body])
             .output()?;
         if !out.status.success() {
-            bail!("POST {path}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!("{path}: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

@@ -62,7 +62,17 @@ async fn ran_on_the_real_node(ns: &TestNamespace, release: &str) -> anyhow::Resu
 async fn the_example_is_released_for_real_and_an_image_without_its_model_is_rolled_back()
 -> anyhow::Result<()> {
     let (ns, revisions) = TestNamespace::on_real_node("real").await?;
-    release(&ns, "predictor-42", revision(&revisions, "CLEAN")).await?;
+    // Bound to the model fitted and pushed as an artifact by e2e/node/example.
+    let model = revision(&revisions, "MODEL").to_string();
+    let (model_repo, model_digest) = model.split_once('@').expect("MODEL is repository@digest");
+    ns.release_with(
+        "predictor-42",
+        &[],
+        json!({"revision": revision(&revisions, "CLEAN"),
+               "model": {"name": "ev-load-15min", "version": "42",
+                         "artifact": {"repository": model_repo, "digest": model_digest}}}),
+    )
+    .await?;
     let r = ns
         .wait_phase("predictor-42", &ENDED, RELEASE_TIMEOUT)
         .await?;
@@ -152,6 +162,11 @@ async fn the_example_is_released_for_real_and_an_image_without_its_model_is_roll
     )?;
     assert_eq!(answer["site"], "mall-west", "{answer}");
     assert!(answer["kw"].is_number(), "{answer}");
+    // The server loaded the model by the digest Sluice handed it, not the data in its image.
+    let health: Value =
+        serde_json::from_str(&ns.get_from_service("predictor", 8080, "/healthz").await?)?;
+    assert_eq!(health["model"], model.as_str(), "{health}");
+    assert_eq!(model_env(&ns).await?.as_deref(), Some(model.as_str()));
 
     // An image without the model's data: every gate passes, the server never becomes ready,
     // Sluice rolls the Deployment back to exactly what predictor-42 released.
@@ -166,9 +181,23 @@ async fn the_example_is_released_for_real_and_an_image_without_its_model_is_roll
         Some(&image.digest)
     );
     assert_eq!(ns.target_image().await?, reference);
+    // predictor-45 bound no model (its apply dropped the variable); the rollback restored it.
+    assert_eq!(model_env(&ns).await?.as_deref(), Some(model.as_str()));
     let dep = ns.api::<Deployment>().get("predictor").await?;
     assert_eq!(dep.status.and_then(|s| s.available_replicas), Some(2));
     Ok(())
+}
+
+/// SLUICE_MODEL_REF on the server container of the Deployment.
+async fn model_env(ns: &TestNamespace) -> anyhow::Result<Option<String>> {
+    let dep = ns.api::<Deployment>().get("predictor").await?;
+    Ok(dep
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers.into_iter().find(|c| c.name == "server"))
+        .and_then(|c| c.env)
+        .and_then(|env| env.into_iter().find(|e| e.name == "SLUICE_MODEL_REF"))
+        .and_then(|e| e.value))
 }
 
 #[tokio::test]

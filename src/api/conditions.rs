@@ -55,6 +55,10 @@ pub mod reason {
     pub const SUPERSEDED: &str = "Superseded";
     /// The signature in the registry did not verify just before the rollout.
     pub const SIGNATURE_INVALID: &str = "SignatureInvalid";
+    /// Blocked: spec.model.artifact names a digest that is not in its repository.
+    pub const MODEL_ARTIFACT_MISSING: &str = "ModelArtifactMissing";
+    /// Blocked: the model artifact's signature did not verify just before the rollout.
+    pub const MODEL_SIGNATURE_INVALID: &str = "ModelSignatureInvalid";
     /// Signing: waiting for Tekton Chains to sign the image (`signer: chains`).
     pub const WAITING_FOR_CHAINS: &str = "WaitingForChains";
     /// Blocked: Tekton Chains did not sign the image in time.

@@ -73,6 +73,32 @@ pub struct ModelSpec {
     /// Model version.
     #[schemars(length(min = 1, max = 128))]
     pub version: String,
+    /// The model's weights as an OCI artifact: Sluice checks it exists, signs it beside the
+    /// image, names it in the gates attestation, verifies it before the rollout and hands it to
+    /// the server by digest (env SLUICE_MODEL_REF=repository@digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ModelArtifact>,
+}
+
+/// A model artifact in an OCI registry, named by digest (a tag could be moved).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ModelArtifact {
+    /// Repository without tag or digest, e.g. registry.example/evip/models/ev-load-15min.
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+$")
+    )]
+    pub repository: String,
+    /// The artifact manifest's digest, sha256:<64 hex>.
+    #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    pub digest: String,
+}
+
+impl ModelArtifact {
+    /// `repository@digest`, the reference the server is given.
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.repository, self.digest)
+    }
 }
 
 /// The workload a release rolls out to.
@@ -376,6 +402,9 @@ pub struct SignatureRef {
     /// The sigstore bundles written as OCI referrers (signature, then attestation), when the pipeline's format includes bundle.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bundles: Vec<String>,
+    /// The model artifact's own signature (spec.model.artifact), <repo>:sha256-<hex>.sig or its bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// Observed state of a ModelRelease.
@@ -469,6 +498,12 @@ pub struct RolloutStatus {
     /// The condition reason the rollback ends with (RolledBack, or Vulnerable after a rescan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_cause: Option<String>,
+    /// The model reference given to the container (env SLUICE_MODEL_REF), when the release binds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// SLUICE_MODEL_REF of the container before the rollout, restored by a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_model: Option<String>,
 }
 
 /// The latest scheduled re-audit of a released revision.

@@ -39,6 +39,17 @@ enum Command {
     Sign(SignArgs),
     /// Verify the signature of IMAGE@DIGEST in the registry against a cosign public key.
     Verify(VerifyArgs),
+    /// Push a model file as an OCI artifact (REPOSITORY:TAG) and print REPOSITORY@DIGEST, the
+    /// value for a ModelRelease's spec.model.artifact.
+    PushModel {
+        /// The model file (weights, a fitted model's JSON, ...).
+        file: PathBuf,
+        /// Where to push it: REPOSITORY:TAG.
+        reference: String,
+        /// Use plain HTTP for a registry that is not on loopback.
+        #[arg(long)]
+        allow_http_registry: bool,
+    },
     /// Print the requirement changes that fix every fixable finding of a ModelRelease, as a patch
     /// to the app's requirements file (apply it with `git apply` or `patch -p1`).
     Advise {
@@ -173,6 +184,11 @@ pub fn main() -> ExitCode {
             namespace.as_deref(),
             &requirements,
         ))),
+        Command::PushModel {
+            file,
+            reference,
+            allow_http_registry,
+        } => report(block_on(push_model(&file, &reference, allow_http_registry))),
         Command::Verify(a) => report(block_on(signing_cli::verify(
             &a.key,
             a.attestation,
@@ -202,6 +218,33 @@ async fn read_release(
         .await
         .with_context(|| format!("reading ModelRelease {ns}/{name}"))?;
     Ok((ns, api, release))
+}
+
+/// `sluice push-model`: pushes the file, prints `repository@digest`.
+async fn push_model(
+    file: &std::path::Path,
+    reference: &str,
+    allow_http: bool,
+) -> anyhow::Result<()> {
+    let (repo, tag) = reference
+        .rsplit_once(':')
+        .filter(|(repo, tag)| !tag.contains('/') && !repo.is_empty() && !tag.is_empty())
+        .with_context(|| format!("{reference}: expected REPOSITORY:TAG"))?;
+    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let title = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let registry = crate::registry::Registry::for_repository(
+        repo,
+        allow_http,
+        oci_client::secrets::RegistryAuth::Anonymous,
+    );
+    let digest = crate::model_artifact::push(&registry, repo, tag, &title, data)
+        .await
+        .with_context(|| format!("pushing {reference}"))?;
+    println!("{repo}@{digest}");
+    Ok(())
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {

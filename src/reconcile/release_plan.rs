@@ -823,6 +823,7 @@ mod tests {
             signed_at: "2026-11-23T12:00:00Z".into(),
             manifest_digest: None,
             bundles: Vec::new(),
+            model: None,
         });
         release.status = Some(status);
         let signed = plan_at_fixture_time(&release, &trs);

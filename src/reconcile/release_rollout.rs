@@ -183,12 +183,18 @@ impl<'a> Rollout<'a> {
     }
 
     /// Server-side applies the container image (and release annotation) under Sluice's manager.
-    async fn apply(&self, image: &str, release: Option<&str>) -> Result<(), Error> {
+    async fn apply(
+        &self,
+        image: &str,
+        release: Option<&str>,
+        model: Option<&str>,
+    ) -> Result<(), Error> {
         let body = rollout::image_apply(
             self.target(),
             &self.release.spec.target.container,
             image,
             release,
+            model,
         );
         // force: the image field belongs to whoever created the Deployment; Sluice takes only it.
         let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -603,6 +609,11 @@ impl<'a> Rollout<'a> {
         );
         let mut restore = rollout.clone();
         restore.previous_release = Some(to.name_any());
+        restore.previous_model = to
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout.as_ref())
+            .and_then(|r| r.model.clone());
         restore.rollback_reason = Some(why.clone());
         restore.rollback_started_at = Some(self.now.to_string());
         restore.rollback_cause = Some(reason::VULNERABLE.to_string());
@@ -617,7 +628,13 @@ impl<'a> Rollout<'a> {
         );
         self.persist().await?;
         if rollout::holds_claim(&dep, self.release) {
-            self.apply(&to_image, Some(&to.name_any())).await?;
+            let model = to
+                .status
+                .as_ref()
+                .and_then(|s| s.rollout.as_ref())
+                .and_then(|r| r.model.clone());
+            self.apply(&to_image, Some(&to.name_any()), model.as_deref())
+                .await?;
         }
         Ok(())
     }
@@ -655,6 +672,13 @@ impl<'a> Rollout<'a> {
     async fn start(&mut self, dep: &Deployment, target: String) -> Result<(), Error> {
         let container = &self.release.spec.target.container;
         let current = rollout::container_image(dep, container).unwrap_or_default();
+        let model = self
+            .release
+            .spec
+            .model
+            .as_ref()
+            .and_then(|m| m.artifact.as_ref())
+            .map(|a| a.reference());
         let services = Api::<Service>::namespaced(self.ctx.client.clone(), &self.namespace())
             .list(&ListParams::default())
             .await
@@ -682,6 +706,8 @@ impl<'a> Rollout<'a> {
             previous_release: rollout::template_release(dep),
             target_url: rollout::service_url(dep, &services.items),
             started_at: self.now.to_string(),
+            model: model.clone(),
+            previous_model: rollout::container_model(dep, container),
             ..RolloutStatus::default()
         });
         let message = format!(
@@ -696,7 +722,8 @@ impl<'a> Rollout<'a> {
             message,
         );
         self.persist().await?;
-        self.apply(&target, Some(&self.release.name_any())).await
+        self.apply(&target, Some(&self.release.name_any()), model.as_deref())
+            .await
     }
 
     /// Follows the Deployment until the new image is available everywhere, or a deadline passes.
@@ -717,8 +744,12 @@ impl<'a> Rollout<'a> {
         match rollout::step(&dep, self.release, &container, &previous, &rollout.image) {
             // Status was written but the apply did not land (a restart in between).
             Step::Apply => {
-                self.apply(&rollout.image, Some(&self.release.name_any()))
-                    .await
+                self.apply(
+                    &rollout.image,
+                    Some(&self.release.name_any()),
+                    rollout.model.as_deref(),
+                )
+                .await
             }
             Step::NotClaimed => {
                 self.claim_lost(&dep, &rollout);
@@ -977,6 +1008,7 @@ impl<'a> Rollout<'a> {
         rollout.rollback_reason = Some(why.clone());
         rollout.rollback_started_at = Some(self.now.to_string());
         let previous_release = rollout.previous_release.clone();
+        let previous_model = rollout.previous_model.clone();
         self.status.rollout = Some(rollout);
         let message = format!("{why}; restoring {previous}");
         self.set(
@@ -986,7 +1018,12 @@ impl<'a> Rollout<'a> {
             message,
         );
         self.persist().await?;
-        self.apply(&previous, previous_release.as_deref()).await
+        self.apply(
+            &previous,
+            previous_release.as_deref(),
+            previous_model.as_deref(),
+        )
+        .await
     }
 
     async fn watch_rollback(&mut self) -> Result<(), Error> {
@@ -1006,7 +1043,11 @@ impl<'a> Rollout<'a> {
         match rollout::step(&dep, self.release, &container, &rollout.image, &previous) {
             Step::Apply => {
                 return self
-                    .apply(&previous, rollout.previous_release.as_deref())
+                    .apply(
+                        &previous,
+                        rollout.previous_release.as_deref(),
+                        rollout.previous_model.as_deref(),
+                    )
                     .await;
             }
             Step::Follow(_) => {}

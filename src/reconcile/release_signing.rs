@@ -17,7 +17,7 @@ use crate::{
         pipeline::{
             DEFAULT_CHAINS_TIMEOUT_SECONDS, KmsSigning, Pkcs11Signing, SignatureFormat, SignerKind,
         },
-        release::{ImageRef, SignatureRef, StageStatus},
+        release::{ImageRef, ModelArtifact, SignatureRef, StageStatus},
     },
     registry::Registry,
     signing::{
@@ -120,12 +120,25 @@ pub async fn sign(
         None
     };
     let annotations = annotations(release, pipeline);
-    let statement = Statement::new(
+    let model = model_artifact(release);
+    let model_registry = match &model {
+        Some(a) => {
+            let auth = registry_auth(ctx, pipeline, &ns, &a.repository).await?;
+            let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
+            require_model(&registry, a).await?;
+            Some(registry)
+        }
+        None => None,
+    };
+    let mut statement = Statement::new(
         &image.repository,
         &image.digest,
         GATES_PREDICATE_TYPE,
         gates_predicate(release, pipeline, stages),
     );
+    if let Some(a) = &model {
+        statement = statement.and_subject(&a.repository, &a.digest);
+    }
     let slot = ctx.signing.slot().await;
     let started = std::time::Instant::now();
     let held = ctx
@@ -133,9 +146,25 @@ pub async fn sign(
         .image_lock(&format!("{}@{}", image.repository, image.digest))
         .await;
     let format = signature_format(pipeline);
+    // The model first: once the attestation naming it exists, so does its signature.
+    let signed_model = match (&model, &model_registry) {
+        (Some(a), Some(r)) => {
+            let _model_held = ctx.signing.image_lock(&a.reference()).await;
+            Some(sign_model(r, &signer, a, &annotations, format).await)
+        }
+        _ => None,
+    };
     // Beside Chains, Sluice signs only its attestation: the image's signature is Chains'.
     let signature = chains_key.is_none().then_some(&annotations);
-    let result = sign_and_attest(&registry, &signer, image, signature, &statement, format).await;
+    let result = match signed_model.transpose() {
+        Ok(model_ref) => sign_and_attest(&registry, &signer, image, signature, &statement, format)
+            .await
+            .map(|stored| SignatureRef {
+                model: model_ref,
+                ..stored
+            }),
+        Err(e) => Err(e),
+    };
     drop(held);
     drop(slot);
     ctx.metrics
@@ -317,6 +346,7 @@ async fn sign_and_attest(
         // Only Sluice's own push is recorded: Chains' signature is verified in full before rollout.
         manifest_digest: None,
         bundles: Vec::new(),
+        model: None,
     };
     if format.legacy() {
         if let Some(annotations) = signature {
@@ -351,6 +381,55 @@ async fn sign_and_attest(
         stored.bundles = bundles;
     }
     Ok(stored)
+}
+
+/// The release's model artifact, when it binds one.
+fn model_artifact(release: &ModelRelease) -> Option<ModelArtifact> {
+    release.spec.model.as_ref().and_then(|m| m.artifact.clone())
+}
+
+/// Blocks unless the model artifact is in its repository (the release names it by digest).
+async fn require_model(registry: &Registry, a: &ModelArtifact) -> Result<(), SigningFailure> {
+    match registry.require_manifest(&a.repository, &a.digest).await {
+        Ok(()) => Ok(()),
+        Err(crate::registry::RegistryError::NotFound(_)) => Err(SigningFailure {
+            category: reason::MODEL_ARTIFACT_MISSING,
+            block: true,
+            message: format!(
+                "model artifact {} is not in the registry; nothing was signed",
+                a.reference()
+            ),
+        }),
+        Err(e) => Err(failure(e.category(), e.to_string())),
+    }
+}
+
+/// Signs the model artifact in the pipeline's format(s) with the release's annotations;
+/// returns the signature's reference (the `.sig` tag, else the bundle).
+async fn sign_model(
+    registry: &Registry,
+    signer: &SharedSigner,
+    a: &ModelArtifact,
+    annotations: &BTreeMap<String, String>,
+    format: SignatureFormat,
+) -> Result<String, SigningError> {
+    let (repo, digest) = (&a.repository, &a.digest);
+    let mut reference = String::new();
+    if format.legacy() {
+        let signed =
+            signing::sign_image(registry, signer.as_ref(), repo, digest, annotations).await?;
+        reference = signed.reference;
+    }
+    if format.bundle() {
+        let subject = signing::bundle::subject(registry, repo, digest).await?;
+        let sig = signing::bundle::signature_statement(digest);
+        let bundle =
+            signing::ensure_bundle(registry, signer.as_ref(), repo, &subject, &sig).await?;
+        if !format.legacy() {
+            reference = bundle;
+        }
+    }
+    Ok(reference)
 }
 
 /// The gates predicate: the release, then every judged (pre-deploy) stage with its TaskRun,
@@ -555,6 +634,62 @@ async fn read_secret(
 /// (or the public half of `cosign.key` when the Secret has no `cosign.pub`). A signature that
 /// does not verify blocks the release; a registry that cannot be reached only stalls it.
 pub async fn verify(
+    ctx: &Ctx,
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    image: &ImageRef,
+) -> Result<(), SigningFailure> {
+    verify_image(ctx, release, pipeline, image).await?;
+    match model_artifact(release) {
+        Some(a) => verify_model(ctx, release, pipeline, &a).await,
+        None => Ok(()),
+    }
+}
+
+/// The model artifact's signature, by Sluice's own signer (Chains signs only the image), in
+/// whichever of the pipeline's formats is there; a missing artifact or signature blocks.
+async fn verify_model(
+    ctx: &Ctx,
+    release: &ModelRelease,
+    pipeline: &SecurePipeline,
+    a: &ModelArtifact,
+) -> Result<(), SigningFailure> {
+    let ns = release.namespace().unwrap_or_default();
+    let (_, trust) = trust_of(ctx, pipeline, &ns).await?;
+    let auth = registry_auth(ctx, pipeline, &ns, &a.repository).await?;
+    let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
+    require_model(&registry, a).await?;
+    let format = signature_format(pipeline);
+    let (repo, digest) = (&a.repository, &a.digest);
+    let legacy = if format.legacy() {
+        signing::verify_image(&registry, &trust, repo, digest)
+            .await
+            .map(|_| ())
+    } else {
+        Err(SigningError::Verification(
+            "no legacy signature expected".into(),
+        ))
+    };
+    let verified = match legacy {
+        Ok(()) => Ok(()),
+        Err(e) if !format.bundle() => Err(e),
+        Err(_) => signing::verify_bundles(&registry, &trust, repo, digest).await,
+    };
+    verified.map_err(|e| match e {
+        SigningError::Verification(m) => SigningFailure {
+            category: reason::MODEL_SIGNATURE_INVALID,
+            message: format!(
+                "model artifact {}: signature verification before the rollout failed: {m}",
+                a.reference()
+            ),
+            block: true,
+        },
+        other => failure(other.category(), other.to_string()),
+    })
+}
+
+/// The image's signature (Chains' or Sluice's), read back just before the rollout.
+async fn verify_image(
     ctx: &Ctx,
     release: &ModelRelease,
     pipeline: &SecurePipeline,

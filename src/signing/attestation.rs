@@ -62,6 +62,16 @@ impl Statement {
         }
     }
 
+    /// The statement with `repo@digest` as one more subject (a model bound to its image).
+    pub fn and_subject(mut self, repo: &str, digest: &str) -> Self {
+        let (algorithm, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
+        self.subject.push(Subject {
+            name: repo.into(),
+            digest: BTreeMap::from([(algorithm.into(), hex.into())]),
+        });
+        self
+    }
+
     /// Whether a subject of the statement is exactly `digest`.
     pub fn names_digest(&self, digest: &str) -> bool {
         let Some((algorithm, hex)) = digest.split_once(':') else {

@@ -1,21 +1,34 @@
 """HTTP API: POST /predict with a site and its recent readings; GET /healthz."""
 
+import os
 from datetime import timedelta
 
 from flask import Flask, jsonify, request
 
-from .model import parse_time, train
+from .artifact import fetch
+from .model import from_json, parse_time, train
 
 MAX_READINGS = 96
 
 
+def load_models(env=os.environ) -> dict:
+    """The model artifact the release bound (SLUICE_MODEL_REF), else a fit of the bundled data.
+    A bound model that cannot be fetched or verified stops the server: it never becomes ready."""
+    ref = env.get("SLUICE_MODEL_REF", "")
+    if ref:
+        return from_json(fetch(ref, env.get("SLUICE_MODEL_REGISTRY", "")))
+    return train()
+
+
 def create_app(models=None) -> Flask:
     app = Flask(__name__)
-    app.config["MODELS"] = models if models is not None else train()
+    app.config["MODELS"] = models if models is not None else load_models()
+    # Which model answers: the bound artifact's digest, or the data bundled in the image.
+    app.config["MODEL_REF"] = os.environ.get("SLUICE_MODEL_REF", "") if models is None else "given"
 
     @app.get("/healthz")
     def healthz():
-        return jsonify(status="ok", sites=sorted(app.config["MODELS"]))
+        return jsonify(status="ok", sites=sorted(app.config["MODELS"]), model=app.config["MODEL_REF"] or "bundled")
 
     @app.post("/predict")
     def predict():

@@ -2,6 +2,7 @@
 persistence of the latest deviation from it (one coefficient fitted by least squares)."""
 
 import csv
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -65,3 +66,25 @@ def fit_site(readings: list) -> SiteModel:
 def train(path: Path = DEFAULT_DATA) -> dict:
     """One model per site in the CSV (columns site, timestamp, kw)."""
     return {site: fit_site(readings) for site, readings in load_readings(path).items()}
+
+
+def to_json(models: dict) -> str:
+    """The fitted models as the JSON document pushed as the model artifact."""
+    return json.dumps(
+        {site: {"profile": m.profile, "persistence": m.persistence} for site, m in sorted(models.items())},
+        sort_keys=True,
+    )
+
+
+def from_json(text: bytes) -> dict:
+    """Models read back from `to_json`'s document; anything else is refused."""
+    doc = json.loads(text)
+    if not isinstance(doc, dict) or not doc:
+        raise ValueError("a model document maps site names to models")
+    models = {}
+    for site, m in doc.items():
+        profile, persistence = m["profile"], float(m["persistence"])
+        if len(profile) != QUARTERS_PER_DAY or not 0.0 <= persistence <= 1.0:
+            raise ValueError(f"site {site}: {QUARTERS_PER_DAY} profile values and a persistence in [0, 1]")
+        models[str(site)] = SiteModel(profile=[float(x) for x in profile], persistence=persistence)
+    return models

@@ -11,7 +11,7 @@ def client():
 def test_healthz_lists_the_sites(client):
     r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.get_json() == {"status": "ok", "sites": ["depot-north", "mall-west"]}
+    assert r.get_json() == {"status": "ok", "sites": ["depot-north", "mall-west"], "model": "bundled"}
 
 
 def test_predict_returns_the_next_quarter(client):
