@@ -352,11 +352,15 @@ fn next_action(status: &crate::api::ModelReleaseStatus, pipeline_found: bool) ->
         Action::requeue(Duration::from_secs(
             super::release_plan::RETRY_BACKOFF_SECONDS.unsigned_abs(),
         ))
+    } else if waiting_turn {
+        // The holder's end and any change of the Deployment wake the next waiting release;
+        // this only bounds a missed wake-up (every waiting release of a busy Deployment
+        // looking every few seconds added up to hundreds of reads a second in a backlog).
+        Action::requeue(Duration::from_secs(30))
     } else if matches!(
         status.phase,
         Phase::RollingOut | Phase::Verifying | Phase::RollingBack
-    ) || waiting_turn
-    {
+    ) {
         // Deployment events trigger reconciles too; this bounds the wait if one is missed and
         // checks Sluice's own rollout deadline and the health of a release being verified.
         Action::requeue(Duration::from_secs(5))

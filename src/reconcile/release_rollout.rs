@@ -267,13 +267,20 @@ impl<'a> Rollout<'a> {
         let ns = self.namespace();
         let name = self.target().to_string();
         let phase = self.status.phase;
-        // Read fresh: its resourceVersion is the precondition of the claim.
-        let Some(dep) = self
-            .deployments()
-            .get_opt(&name)
-            .await
-            .map_err(api("get-deployment"))?
-        else {
+        // From the watch cache: a release waiting for its turn looks every few seconds, and the
+        // claim is taken with this copy's resourceVersion as precondition, so a stale copy costs
+        // a 409 and a retry, never a wrong claim. Only "not found" is confirmed fresh (a
+        // Deployment created a moment ago may not be in the cache yet).
+        let cached = self.ctx.cached_deployment(&ns, &name);
+        let dep = match cached {
+            Some(dep) => Some(dep),
+            None => self
+                .deployments()
+                .get_opt(&name)
+                .await
+                .map_err(api("get-deployment"))?,
+        };
+        let Some(dep) = dep else {
             let message = format!(
                 "target Deployment {name} not found in namespace {ns}; a release only rolls out to a Deployment in its own namespace"
             );

@@ -169,6 +169,10 @@ async fn main() -> Result<()> {
         print_backlog(cfg.backlog, &chains, &sluice);
     }
     let alive = pid_of(Arm::Sluice)? == bench.operator_pid;
+    if cfg.backlog > 0 {
+        // After the liveness check: this restarts the operator on purpose.
+        lost += bench.after_restart(cfg.backlog).await?;
+    }
     println!(
         "bench: invariants: {lost} images or releases lost; operator {}",
         if alive {
@@ -329,6 +333,34 @@ impl Bench {
     }
 
     /// Waits until every release ended (Sluice) or every TaskRun carries Chains' verdict.
+    /// Restarts the operator with the finished backlog (and its TaskRuns) present and times a new
+    /// release: its first TaskRun (judged) and its signature. Returns 1 when it never ended.
+    async fn after_restart(&self, backlog: usize) -> Result<usize> {
+        let (id, name) = ("backlog", "sluice-after-restart");
+        let repo = format!("{REGISTRY}/bench/sluice-{id}");
+        let digests = push_images(&repo, 1).await?;
+        operator("stop")?;
+        operator("start")?;
+        let started = Instant::now();
+        let by_release = HashMap::from([(name.to_string(), digests[0].clone())]);
+        let done = watch_builds(self.namespace(Arm::Sluice).api::<TaskRun>(), by_release);
+        let signed = watch_signatures(&repo, digests.clone());
+        self.submit(Arm::Sluice, id, name, &digests[0], 0).await?;
+        let sig_at = signed.wait_all(Duration::from_secs(300)).await;
+        let ended = self
+            .wait_finished(Arm::Sluice, &[name.to_string()], Duration::from_secs(300))
+            .await;
+        let build = done.snapshot().get(name).map(|t| t.duration_since(started));
+        let sig = sig_at.get(&digests[0]).map(|t| t.duration_since(started));
+        let secs = |d: Option<Duration>| d.map_or("never".into(), |d| format!("{:.1} s", d.as_secs_f64()));
+        println!(
+            "bench: operator restarted with {backlog} finished releases present: a new release's build done after {}, signed after {} (restart included)",
+            secs(build),
+            secs(sig)
+        );
+        Ok(usize::from(ended.is_err() || sig.is_none()))
+    }
+
     async fn wait_finished(&self, arm: Arm, names: &[String], deadline: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
