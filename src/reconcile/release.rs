@@ -181,10 +181,18 @@ async fn sign_if_due(
     let signed = release_signing::sign(ctx, release, pipeline, &image, &plan.status.stages, chains);
     match tracing::Instrument::instrument(signed, span).await {
         Ok(signature) => {
-            let note = format!(
+            let mut note = format!(
                 "signed {}@{} as {} with key {}",
                 image.repository, image.digest, signature.reference, signature.key_id
             );
+            let artifact = release
+                .spec
+                .model
+                .as_ref()
+                .and_then(|m| m.artifact.as_ref());
+            if let (Some(a), Some(sig)) = (artifact, &signature.model) {
+                note.push_str(&format!("; model {} as {sig}", a.reference()));
+            }
             let mut signed = release.clone();
             let mut status = plan.status.clone();
             status.signature = Some(signature);

@@ -352,7 +352,8 @@ impl Bench {
             .await;
         let build = done.snapshot().get(name).map(|t| t.duration_since(started));
         let sig = sig_at.get(&digests[0]).map(|t| t.duration_since(started));
-        let secs = |d: Option<Duration>| d.map_or("never".into(), |d| format!("{:.1} s", d.as_secs_f64()));
+        let secs =
+            |d: Option<Duration>| d.map_or("never".into(), |d| format!("{:.1} s", d.as_secs_f64()));
         println!(
             "bench: operator restarted with {backlog} finished releases present: a new release's build done after {}, signed after {} (restart included)",
             secs(build),
