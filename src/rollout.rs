@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Container, Service},
+};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -74,6 +77,11 @@ pub fn progress(dep: &Deployment, since: Option<Timestamp>, now: Timestamp) -> P
 
 /// The image of `container` in the Deployment's pod template.
 pub fn container_image(dep: &Deployment, container: &str) -> Option<String> {
+    container_of(dep, container).map(|c| c.image.clone().unwrap_or_default())
+}
+
+/// The container named `name` of the Deployment's pod template.
+fn container_of<'a>(dep: &'a Deployment, name: &str) -> Option<&'a Container> {
     dep.spec
         .as_ref()?
         .template
@@ -81,8 +89,7 @@ pub fn container_image(dep: &Deployment, container: &str) -> Option<String> {
         .as_ref()?
         .containers
         .iter()
-        .find(|c| c.name == container)
-        .map(|c| c.image.clone().unwrap_or_default())
+        .find(|c| c.name == name)
 }
 
 /// The environment variable that hands the server its model artifact, `repository@digest`.
@@ -90,14 +97,7 @@ pub const MODEL_ENV: &str = "SLUICE_MODEL_REF";
 
 /// The value of `MODEL_ENV` on `container` (a literal value only; Sluice writes no other kind).
 pub fn container_model(dep: &Deployment, container: &str) -> Option<String> {
-    dep.spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == container)?
+    container_of(dep, container)?
         .env
         .as_ref()?
         .iter()

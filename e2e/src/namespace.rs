@@ -118,6 +118,23 @@ impl TestNamespace {
         Ok(())
     }
 
+    /// Runs the real cosign CLI's `args` on `reference` with this namespace's key Secret
+    /// (`k8s://<ns>/cosign-key`, made by `with_signing_key`), offline, plain HTTP allowed.
+    pub fn cosign(&self, args: &[&str], reference: &str) -> Result<std::process::Output> {
+        let key = format!("k8s://{}/cosign-key", self.name);
+        Ok(Command::new(tool("cosign")?)
+            .env("KUBECONFIG", state_dir().join("kubeconfig"))
+            .args(args)
+            .args([
+                "--key",
+                &key,
+                "--insecure-ignore-tlog=true",
+                "--allow-http-registry",
+                reference,
+            ])
+            .output()?)
+    }
+
     /// Merge-patches the SecurePipeline `predictor` of this namespace.
     pub fn patch_pipeline(&self, patch: &str) -> Result<()> {
         let args = [

@@ -54,18 +54,7 @@ fn cosign(
     args: &[&str],
     reference: &str,
 ) -> anyhow::Result<std::process::Output> {
-    let key = format!("k8s://{}/cosign-key", ns.name);
-    Ok(Command::new(sluice_e2e::tool("cosign")?)
-        .env("KUBECONFIG", state_dir().join("kubeconfig"))
-        .args(args)
-        .args([
-            "--key",
-            &key,
-            "--insecure-ignore-tlog=true",
-            "--allow-http-registry",
-            reference,
-        ])
-        .output()?)
+    ns.cosign(args, reference)
 }
 
 fn spec_with_model(digest: &str, approval: &str) -> serde_json::Value {

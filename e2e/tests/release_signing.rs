@@ -1,7 +1,7 @@
 //! A release whose gates passed is signed by the operator with a key made by `cosign
 //! generate-key-pair k8s://…`, and the real cosign CLI verifies the signature in the registry.
 
-use std::{ops::ControlFlow, process::Command, time::Duration};
+use std::{ops::ControlFlow, time::Duration};
 
 use sluice::api::{ModelRelease, Phase, conditions};
 use sluice_e2e::{POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually, state_dir};
@@ -17,18 +17,7 @@ fn cosign(
     command: &[&str],
     image: &str,
 ) -> anyhow::Result<std::process::Output> {
-    let key = format!("k8s://{}/cosign-key", ns.name);
-    Ok(Command::new(sluice_e2e::tool("cosign")?)
-        .env("KUBECONFIG", state_dir().join("kubeconfig"))
-        .args(command)
-        .args([
-            "--key",
-            &key,
-            "--insecure-ignore-tlog=true",
-            "--allow-http-registry",
-            image,
-        ])
-        .output()?)
+    ns.cosign(command, image)
 }
 
 #[tokio::test]

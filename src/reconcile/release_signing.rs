@@ -660,21 +660,7 @@ async fn verify_model(
     let registry = ctx.signing.registry(&ctx.insecure_registries, auth);
     require_model(&registry, a).await?;
     let format = signature_format(pipeline);
-    let (repo, digest) = (&a.repository, &a.digest);
-    let legacy = if format.legacy() {
-        signing::verify_image(&registry, &trust, repo, digest)
-            .await
-            .map(|_| ())
-    } else {
-        Err(SigningError::Verification(
-            "no legacy signature expected".into(),
-        ))
-    };
-    let verified = match legacy {
-        Ok(()) => Ok(()),
-        Err(e) if !format.bundle() => Err(e),
-        Err(_) => signing::verify_bundles(&registry, &trust, repo, digest).await,
-    };
+    let verified = verify_in_format(&registry, &trust, &a.repository, &a.digest, format).await;
     verified.map_err(|e| match e {
         SigningError::Verification(m) => SigningFailure {
             category: reason::MODEL_SIGNATURE_INVALID,
@@ -713,22 +699,8 @@ async fn verify_image(
     if format.legacy() && signed_as_recorded(&registry, release, &public, image).await {
         return Ok(());
     }
-    let (repo, digest) = (&image.repository, &image.digest);
-    let legacy = if format.legacy() {
-        signing::verify_image(&registry, &trust, repo, digest)
-            .await
-            .map(|_| ())
-    } else {
-        Err(SigningError::Verification(
-            "no legacy signature expected".into(),
-        ))
-    };
-    // Whichever format is there: a bundle verifies when the .sig does not (or is not written).
-    let verified = match legacy {
-        Ok(()) => Ok(()),
-        Err(e) if !format.bundle() => Err(e),
-        Err(_) => signing::verify_bundles(&registry, &trust, repo, digest).await,
-    };
+    let verified =
+        verify_in_format(&registry, &trust, &image.repository, &image.digest, format).await;
     verified.map_err(|e| match e {
         SigningError::Verification(m) => SigningFailure {
             category: reason::SIGNATURE_INVALID,
@@ -737,6 +709,31 @@ async fn verify_image(
         },
         other => failure(other.category(), other.to_string()),
     })
+}
+
+/// Verifies the signature of `repo@digest` in whichever of `format`'s forms is there: a bundle
+/// verifies when the `.sig` does not (or is not written).
+async fn verify_in_format(
+    registry: &Registry,
+    trust: &Trust,
+    repo: &str,
+    digest: &str,
+    format: SignatureFormat,
+) -> Result<(), SigningError> {
+    let legacy = if format.legacy() {
+        signing::verify_image(registry, trust, repo, digest)
+            .await
+            .map(|_| ())
+    } else {
+        Err(SigningError::Verification(
+            "no legacy signature expected".into(),
+        ))
+    };
+    match legacy {
+        Ok(()) => Ok(()),
+        Err(e) if !format.bundle() => Err(e),
+        Err(_) => signing::verify_bundles(registry, trust, repo, digest).await,
+    }
 }
 
 /// What verification trusts, with the public key of the pipeline's signer: a cosign Secret's
