@@ -11,7 +11,7 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
@@ -268,6 +268,7 @@ struct Feeds {
     pipelines: Feed<SecurePipeline>,
     task_runs: Feed<TaskRun>,
     deployments: Feed<Deployment>,
+    services: Feed<Service>,
 }
 
 impl Feeds {
@@ -278,18 +279,22 @@ impl Feeds {
         // Read by a rollout only while it waits (a claim, an image write or a rollback is
         // decided on a fresh read: the claim's precondition is its resourceVersion).
         let (deployments_store, d, deployments) = Feed::new();
+        // Read when a rollout starts (the Service in front of the Deployment: TARGET_URL).
+        let (services_store, s, services) = Feed::new();
         Self {
             caches: Caches {
                 releases: releases_store,
                 pipelines: pipelines_store,
                 task_runs: task_runs_store,
                 deployments: deployments_store,
-                listed: vec![r, p, t, d],
+                services: services_store,
+                listed: vec![r, p, t, d, s],
             },
             releases,
             pipelines,
             task_runs,
             deployments,
+            services,
         }
     }
 }
@@ -441,6 +446,7 @@ async fn controllers(
         pipelines,
         task_runs,
         deployments,
+        services,
         ..
     } = feeds;
     let watches = async {
@@ -448,7 +454,8 @@ async fn controllers(
             releases.run(Api::all(client.clone()), wc.clone()),
             pipelines.run(Api::all(client.clone()), wc.clone()),
             task_runs.run(Api::all(client.clone()), task_run_config),
-            deployments.run(Api::all(client.clone()), wc),
+            deployments.run(Api::all(client.clone()), wc.clone()),
+            services.run(Api::all(client.clone()), wc),
         );
     };
     info!("controllers started");

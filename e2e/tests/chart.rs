@@ -118,6 +118,7 @@ fn assert_least_privilege(ns: &str) -> anyhow::Result<()> {
         ("patch", "modelreleases.sluice.dev"),
         ("update", "modelreleases.sluice.dev/finalizers"),
         ("get", "secrets"),
+        ("watch", "services"),
     ] {
         assert!(
             can(verb, resource)?,

@@ -1,5 +1,5 @@
 //! The watch caches both controllers read instead of the API server: one shared watch per kind
-//! (ModelReleases, SecurePipelines, Sluice's TaskRuns, Deployments), fed to the controllers as triggers and read by the reconcilers. Without caches (unit tests against a mocked API) every
+//! (ModelReleases, SecurePipelines, Sluice's TaskRuns, Deployments, Services), fed to the controllers as triggers and read by the reconcilers. Without caches (unit tests against a mocked API) every
 //! read goes to the API server, so the same code runs either way.
 //!
 //! What is still read fresh, and why, is said where it happens: the turn decision confirms a
@@ -7,7 +7,7 @@
 //! status writes carry the resourceVersion they were computed from, and a stale write re-reads;
 //! Secrets are never cached (the chart's RBAC may get, never list them).
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::{
     Api, ResourceExt,
     api::ListParams,
@@ -31,6 +31,8 @@ pub struct Caches {
     pub task_runs: Store<TaskRun>,
     /// Every Deployment (read while a rollout only waits; see `release_rollout::current_target`).
     pub deployments: Store<Deployment>,
+    /// Every Service (the one in front of a Deployment gives post-deploy stages TARGET_URL).
+    pub services: Store<Service>,
     /// One per watch (the Deployments' too): true once its first full list is in.
     pub listed: Vec<tokio::sync::watch::Receiver<bool>>,
 }
@@ -72,6 +74,24 @@ impl Context {
         c.deployments
             .get(&ObjectRef::new(name).within(ns))
             .map(|d| (*d).clone())
+    }
+
+    /// The Services of namespace `ns`.
+    pub async fn services(&self, ns: &str) -> Result<Vec<Service>, Error> {
+        match &self.caches {
+            Some(c) => Ok(c
+                .services
+                .state()
+                .into_iter()
+                .filter(|s| in_namespace(&**s, ns))
+                .map(|s| (*s).clone())
+                .collect()),
+            None => Api::<Service>::namespaced(self.client.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .map_err(api("list-services")),
+        }
     }
 
     /// The ModelReleases of namespace `ns` that `wanted` keeps. Filtered before they are copied

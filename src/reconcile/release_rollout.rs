@@ -7,10 +7,7 @@
 //! given back, so a rival that then takes the claim reads this release as ended.
 
 use jiff::Timestamp;
-use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Service},
-    apimachinery::pkg::apis::meta::v1::Time,
-};
+use k8s_openapi::{api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, ResourceExt,
     api::{ListParams, Patch, PatchParams},
@@ -686,10 +683,7 @@ impl<'a> Rollout<'a> {
             .as_ref()
             .and_then(|m| m.artifact.as_ref())
             .map(|a| a.reference());
-        let services = Api::<Service>::namespaced(self.ctx.client.clone(), &self.namespace())
-            .list(&ListParams::default())
-            .await
-            .map_err(api("list-services"))?;
+        let services = self.ctx.services(&self.namespace()).await?;
         let (previous, unpinned) = match release_signing::pin(
             self.ctx,
             self.release,
@@ -711,7 +705,7 @@ impl<'a> Rollout<'a> {
             deployment: self.target().to_string(),
             image: target.clone(),
             previous_release: rollout::template_release(dep),
-            target_url: rollout::service_url(dep, &services.items),
+            target_url: rollout::service_url(dep, &services),
             started_at: self.now.to_string(),
             model: model.clone(),
             previous_model: rollout::container_model(dep, container),
