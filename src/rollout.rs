@@ -221,8 +221,37 @@ pub fn holds_claim(dep: &Deployment, release: &ModelRelease) -> bool {
 
 /// A merge patch that sets (or, with None, removes) the claim, valid only against the
 /// Deployment's `resource_version`: the API server answers 409 if anyone wrote it since.
-pub fn claim_patch(resource_version: &str, value: Option<&str>) -> Value {
-    json!({"metadata": {"resourceVersion": resource_version, "annotations": {ANNOTATION_CLAIM: value}}})
+pub fn claim_patch(resource_version: &str, value: Option<&str>, released: Option<&str>) -> Value {
+    let mut annotations = json!({ANNOTATION_CLAIM: value});
+    if let Some(released) = released {
+        annotations[ANNOTATION_RELEASED] = json!(released);
+    }
+    json!({"metadata": {"resourceVersion": resource_version, "annotations": annotations}})
+}
+
+/// Annotation on the Deployment: the newest of its releases that reached `Released`, as
+/// `<creation time>/<name>`, written by that release in the same patch that gives its claim
+/// back. The Deployment is what every claim is taken against (resourceVersion precondition), so
+/// a release that finds the claim free decides "superseded or not" on the very copy its claim
+/// will be checked against: no list of releases, and no window in which a lagging cache hides a
+/// newer release that was just released.
+pub const ANNOTATION_RELEASED: &str = "sluice.dev/last-released";
+
+/// The `ANNOTATION_RELEASED` value of `r`.
+pub fn released_marker(r: &ModelRelease) -> String {
+    let (created, name) = release_key(r);
+    format!(
+        "{}/{name}",
+        created.map(|t| t.to_string()).unwrap_or_default()
+    )
+}
+
+/// The release the Deployment records as its newest `Released` one, when newer than `me`.
+pub fn newer_released(dep: &Deployment, me: &ModelRelease) -> Option<String> {
+    let marker = dep.annotations().get(ANNOTATION_RELEASED)?;
+    let (created, name) = marker.split_once('/')?;
+    let key = (created.parse::<Timestamp>().ok(), name.to_string());
+    (name != me.name_any() && key > release_key(me)).then(|| name.to_string())
 }
 
 /// Whose turn it is to roll out the target Deployment.
@@ -245,8 +274,8 @@ pub fn release_key(r: &ModelRelease) -> (Option<Timestamp>, String) {
     )
 }
 
-/// Decides the turn of `me` from the Deployment's claim and the releases in its namespace (read
-/// fresh: see the caller). A claim whose holder has ended or no longer exists is stale and may be
+/// Decides the turn of `me` from the Deployment's claim and the releases of the Deployment (from
+/// the cache; a "go" is confirmed against the Deployment: see `newer_released`). A claim whose holder has ended or no longer exists is stale and may be
 /// taken over; only a newer release that actually reached `Released` supersedes `me`.
 pub fn turn(me: &ModelRelease, dep: &Deployment, all: &[ModelRelease]) -> Turn {
     let target = &me.spec.target.deployment;
@@ -575,13 +604,38 @@ mod tests {
     #[test]
     fn the_claim_patch_carries_the_resource_version_precondition() {
         assert_eq!(
-            claim_patch("7", Some("p-1/u")),
+            claim_patch("7", Some("p-1/u"), None),
             json!({"metadata": {"resourceVersion": "7", "annotations": {"sluice.dev/rollout-claim": "p-1/u"}}})
         );
+        let given_back = claim_patch("8", None, Some("2026-11-23T12:00:00Z/p-1"));
         assert_eq!(
-            claim_patch("8", None)["metadata"]["annotations"]["sluice.dev/rollout-claim"],
+            given_back["metadata"]["annotations"]["sluice.dev/rollout-claim"],
             Value::Null
         );
+        assert_eq!(
+            given_back["metadata"]["annotations"]["sluice.dev/last-released"],
+            "2026-11-23T12:00:00Z/p-1"
+        );
+    }
+
+    #[test]
+    fn the_deployment_records_the_newest_released_release_and_older_ones_read_it() {
+        let newer = release("p-2", "2026-11-23T12:00:05Z", Phase::Released);
+        let older = release("p-1", "2026-11-23T12:00:00Z", Phase::Pending);
+        let same_second = release("p-0", "2026-11-23T12:00:05Z", Phase::Pending);
+        let mut dep = Deployment::default();
+        assert_eq!(newer_released(&dep, &older), None);
+        dep.metadata.annotations =
+            Some([(ANNOTATION_RELEASED.to_string(), released_marker(&newer))].into());
+        assert_eq!(released_marker(&newer), "2026-11-23T12:00:05Z/p-2");
+        assert_eq!(newer_released(&dep, &older).as_deref(), Some("p-2"));
+        assert_eq!(newer_released(&dep, &same_second).as_deref(), Some("p-2"));
+        assert_eq!(newer_released(&dep, &newer), None);
+        let newest = release("p-3", "2026-11-23T12:00:09Z", Phase::Pending);
+        assert_eq!(newer_released(&dep, &newest), None);
+        dep.metadata.annotations =
+            Some([(ANNOTATION_RELEASED.to_string(), "garbage".into())].into());
+        assert_eq!(newer_released(&dep, &older), None);
     }
 
     fn with_image(mut dep: Deployment, image: &str) -> Deployment {

@@ -1,11 +1,13 @@
 //! The watch caches both controllers read instead of the API server: one shared watch per kind
-//! (ModelReleases, SecurePipelines, Sluice's TaskRuns, Deployments, Services), fed to the controllers as triggers and read by the reconcilers. Without caches (unit tests against a mocked API) every
-//! read goes to the API server, so the same code runs either way.
+//! (ModelReleases, SecurePipelines, Sluice's TaskRuns, Deployments, Services), fed to the
+//! controllers as triggers and read by the reconcilers. Without caches (unit tests against a
+//! mocked API) every read goes to the API server, so the same code runs either way.
 //!
-//! What is still read fresh, and why, is said where it happens: the turn decision confirms a
-//! "go" on a fresh list (a cache that lags could hide a newer release that was just released),
-//! status writes carry the resourceVersion they were computed from, and a stale write re-reads;
-//! Secrets are never cached (the chart's RBAC may get, never list them).
+//! What is still read fresh, and why, is said where it happens: a rollout's decision to act
+//! (write the image, roll back, give the claim back) reads the Deployment fresh; every claim and
+//! status write carries the resourceVersion it was computed from, and a stale write re-reads; a
+//! rescan's rollback lists the Deployment's releases fresh; Secrets are never cached (the chart's
+//! RBAC may get, never list them).
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
 use kube::{

@@ -296,19 +296,23 @@ impl<'a> Rollout<'a> {
     async fn my_turn(&mut self, dep: &Deployment) -> Result<bool, Error> {
         // Decided on the cache first: a Wait seen there at worst waits for the holder's final
         // phase to arrive (its arrival wakes this release), and a Superseded is true (a release
-        // seen Released was released). A Go is confirmed on a fresh list, read after the
-        // Deployment: a holder stores its final phase before it gives the claim back, so a claim
-        // seen free comes with that phase visible there, and a lagging cache could hide a newer
-        // release that was just released. A claim already held needs no confirmation.
+        // seen Released was released). A Go is confirmed on the Deployment itself: a holder that
+        // was released records itself there in the patch that gives the claim back
+        // (`rollout::ANNOTATION_RELEASED`), and the claim is taken against this very copy's
+        // resourceVersion, so a newer release that a lagging cache hides is either seen here or
+        // makes the claim fail (409) and the turn is decided again. No list of releases. A claim
+        // already held needs no confirmation.
         let target = self.target().to_string();
         let cached = self
             .ctx
             .releases(&self.namespace(), |r| r.spec.target.deployment == target)
             .await?;
         let mut turn = rollout::turn(self.release, dep, &cached);
-        if turn == Turn::Go && self.ctx.caches.is_some() && !rollout::holds_claim(dep, self.release)
+        if turn == Turn::Go
+            && !rollout::holds_claim(dep, self.release)
+            && let Some(newer) = rollout::newer_released(dep, self.release)
         {
-            turn = rollout::turn(self.release, dep, &self.fresh_releases().await?);
+            turn = Turn::Superseded(newer);
         }
         let target = self.target().to_string();
         match turn {
@@ -453,7 +457,7 @@ impl<'a> Rollout<'a> {
         }
         let rv = dep.resource_version().unwrap_or_default();
         let value = rollout::claim_value(self.release);
-        let patch = rollout::claim_patch(&rv, Some(&value));
+        let patch = rollout::claim_patch(&rv, Some(&value), None);
         self.deployments()
             .patch(self.target(), &merge_params(), &Patch::Merge(&patch))
             .await
@@ -471,7 +475,11 @@ impl<'a> Rollout<'a> {
             .map_err(api("get-deployment"))?;
         if let Some(dep) = dep.filter(|d| rollout::holds_claim(d, self.release)) {
             let rv = dep.resource_version().unwrap_or_default();
-            let patch = rollout::claim_patch(&rv, None);
+            // Recorded for the releases still waiting: see `my_turn`.
+            let released = (self.status.phase == Phase::Released
+                && rollout::newer_released(&dep, self.release).is_none())
+            .then(|| rollout::released_marker(self.release));
+            let patch = rollout::claim_patch(&rv, None, released.as_deref());
             self.deployments()
                 .patch(self.target(), &merge_params(), &Patch::Merge(&patch))
                 .await
