@@ -49,14 +49,6 @@ fn push_model(ns: &TestNamespace, content: &str) -> anyhow::Result<String> {
     Ok(digest.to_string())
 }
 
-fn cosign(
-    ns: &TestNamespace,
-    args: &[&str],
-    reference: &str,
-) -> anyhow::Result<std::process::Output> {
-    ns.cosign(args, reference)
-}
-
 fn spec_with_model(digest: &str, approval: &str) -> serde_json::Value {
     json!({
         "approval": approval,
@@ -100,7 +92,7 @@ async fn a_bound_model_is_signed_attested_verified_and_handed_to_the_server_by_d
         signature.model.as_deref(),
         Some(format!("{MODELS}:{}.sig", model.replace(':', "-")).as_str())
     );
-    let out = cosign(&ns, &["verify"], &model_ref)?;
+    let out = ns.cosign(&["verify"], &model_ref)?;
     assert!(
         out.status.success(),
         "cosign verify model: {}",
@@ -112,7 +104,7 @@ async fn a_bound_model_is_signed_attested_verified_and_handed_to_the_server_by_d
     // One attestation, on the image, whose statement names the image and the model.
     let gates = "https://sluice.dev/attestations/gates/v1";
     let image_ref = format!("{REPOSITORY}@{image}");
-    let out = cosign(&ns, &["verify-attestation", "--type", gates], &image_ref)?;
+    let out = ns.cosign(&["verify-attestation", "--type", gates], &image_ref)?;
     assert!(
         out.status.success(),
         "verify-attestation: {}",
@@ -210,7 +202,7 @@ async fn a_model_missing_from_the_registry_blocks_before_anything_is_signed() ->
     assert_eq!(reason, "ModelArtifactMissing");
     assert!(message.contains(&absent), "{message}");
     assert!(status.signature.is_none());
-    let out = cosign(&ns, &["verify"], &format!("{REPOSITORY}@{image}"))?;
+    let out = ns.cosign(&["verify"], &format!("{REPOSITORY}@{image}"))?;
     assert!(!out.status.success(), "the image must not have been signed");
     assert_eq!(ns.target_image().await?, STABLE);
     Ok(())

@@ -9,15 +9,7 @@ use sluice_e2e::{POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually, s
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn cosign_verify(ns: &TestNamespace, image: &str) -> anyhow::Result<std::process::Output> {
-    cosign(ns, &["verify"], image)
-}
-
-fn cosign(
-    ns: &TestNamespace,
-    command: &[&str],
-    image: &str,
-) -> anyhow::Result<std::process::Output> {
-    ns.cosign(command, image)
+    ns.cosign(&["verify"], image)
 }
 
 #[tokio::test]
@@ -80,7 +72,7 @@ fn assert_gates_attested(
     );
     let image = format!("{REPOSITORY}@{digest}");
     let gates = "https://sluice.dev/attestations/gates/v1";
-    let out = cosign(ns, &["verify-attestation", "--type", gates], &image)?;
+    let out = ns.cosign(&["verify-attestation", "--type", gates], &image)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "cosign verify-attestation: {stderr}");
     let line = String::from_utf8_lossy(&out.stdout);
@@ -107,8 +99,7 @@ fn assert_gates_attested(
     );
     assert!(predicate["stages"][1]["taskRun"].is_string(), "{predicate}");
     assert_eq!(predicate["stages"][1]["verdict"], "Passed");
-    let wrong = cosign(
-        ns,
+    let wrong = ns.cosign(
         &[
             "verify-attestation",
             "--type",
