@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod dag;
+pub mod enforcement;
 pub mod gates;
 pub mod leader;
 pub mod metrics;

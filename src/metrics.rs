@@ -62,6 +62,13 @@ pub struct OutcomeLabels {
     pub reason: &'static str,
 }
 
+/// Labels of an enforcement webhook answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// gated (a scheduling gate added), untouched (not a targeted pod) or invalid.
+    pub decision: &'static str,
+}
+
 /// Labels naming a stage.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
@@ -135,6 +142,10 @@ pub struct Metrics {
     pub signing_wait: Histogram,
     /// Objects triggered and not yet reconciled, by controller.
     pub workqueue_depth: Family<ControllerLabels, Gauge>,
+    /// Time the enforcement webhook took to answer an admission request, by decision.
+    pub webhook_duration: Family<DecisionLabels, Histogram>,
+    /// Scheduling gates judged by the gate controller: Admitted (gate removed) or Held, by reason.
+    pub pod_gates: Family<OutcomeLabels, Counter>,
     releases: Family<PhaseLabels, Gauge>,
     release_store: std::sync::RwLock<Option<Store<ModelRelease>>>,
     names: Vec<&'static str>,
@@ -313,8 +324,31 @@ impl Default for Metrics {
             "Objects triggered and not yet reconciled, by controller",
             workqueue_depth.clone(),
         );
+        let webhook_duration = Family::<DecisionLabels, Histogram>::new_with_constructor(|| {
+            // A cache lookup: answers take well under a millisecond.
+            Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+            ])
+        });
+        register(
+            &mut registry,
+            &mut names,
+            "webhook_admission_duration_seconds",
+            "Time the enforcement webhook took to answer a pod admission request, by decision",
+            webhook_duration.clone(),
+        );
+        let pod_gates = Family::<OutcomeLabels, Counter>::default();
+        register(
+            &mut registry,
+            &mut names,
+            "pod_gates",
+            "Pods judged by the gate controller: Admitted (scheduling gate removed) or Held, by reason",
+            pod_gates.clone(),
+        );
         Self {
             registry,
+            webhook_duration,
+            pod_gates,
             phase_duration,
             release_duration,
             stage_duration,

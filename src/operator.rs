@@ -44,6 +44,8 @@ pub struct RunConfig {
     pub pkcs11_module: Option<std::path::PathBuf>,
     /// Reconciles of ModelReleases running at once (0: unbounded).
     pub max_concurrent_reconciles: u16,
+    /// The enforcement webhook, when served.
+    pub webhook: Option<crate::enforcement::serve::WebhookConfig>,
 }
 
 /// The default bound on ModelRelease reconciles in flight: enough to keep a 2-core operator and
@@ -73,6 +75,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     info!(address = %config.listen, "serving /healthz, /readyz and /metrics");
     let server = tokio::spawn(axum::serve(listener, router(web.clone())).into_future());
+    let webhook = match &config.webhook {
+        Some(w) => Some(
+            crate::enforcement::serve::start(client.clone(), w.clone(), metrics.clone()).await?,
+        ),
+        None => None,
+    };
     // A standby replica is healthy and ready: it serves probes while it waits for the Lease.
     web.ready.store(true, Ordering::SeqCst);
     let stop = Shutdown::listen();
@@ -91,7 +99,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         context.caches = Some(feeds.caches.clone());
         let ctx = Arc::new(context);
         let term = tokio::select! {
-            () = controllers(client.clone(), ctx, metrics.clone(), &stop, feeds, config.max_concurrent_reconciles) => Term::Stopped,
+            () = controllers(client.clone(), ctx, metrics.clone(), &stop, feeds, config.max_concurrent_reconciles, webhook.is_some()) => Term::Stopped,
             () = leadership.keep() => Term::Lost,
             () = async { stop.wait().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
                 warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the grace period; stopping anyway");
@@ -108,6 +116,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         }
     };
     server.abort();
+    if let Some(w) = webhook {
+        w.abort();
+    }
     outcome
 }
 
@@ -306,6 +317,7 @@ async fn controllers(
     stop: &Shutdown,
     mut feeds: Feeds,
     concurrency: u16,
+    enforce: bool,
 ) {
     // Not `any_semantic()`: after an API-server restart a list at resourceVersion 0 was served
     // from a watch cache behind the new server's watch window, and every watch from its version
@@ -392,6 +404,17 @@ async fn controllers(
         ctx.clone(),
     )
     .for_each(|_| async {});
+    // Pods held by the enforcement webhook: judged only where the webhook is served.
+    let gate_loop = {
+        let releases = feeds.releases.trigger();
+        let (client, ctx, s) = (client.clone(), ctx.clone(), stop.clone());
+        async move {
+            if enforce {
+                crate::enforcement::gate::run(client, ctx, releases, async move { s.wait().await })
+                    .await;
+            }
+        }
+    };
     let queued = Arc::new(Pending::new(
         caches.pipelines.clone(),
         depth_gauge(&metrics, reconcile::pipeline::CONTROLLER),
@@ -460,7 +483,7 @@ async fn controllers(
     };
     info!("controllers started");
     tokio::select! {
-        _ = async { tokio::join!(release_loop, pipeline_loop) } => {},
+        _ = async { tokio::join!(release_loop, pipeline_loop, gate_loop) } => {},
         () = watches => {},
     }
     info!("controllers stopped");

@@ -378,6 +378,24 @@ pub fn unhealthy(dep: &Deployment) -> Option<String> {
 
 /// Checks `approval: manual`: the annotation must name exactly the signed digest. Returns the
 /// condition reason and message when the release must wait.
+/// The repository (its tag dropped) and digest of an image reference pinned by digest; None for
+/// a reference by tag only or with a malformed digest.
+pub fn pinned_image(image: &str) -> Option<(&str, &str)> {
+    let (name, digest) = image.rsplit_once('@')?;
+    let hex = digest.strip_prefix("sha256:")?;
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if hex.len() != 64 || !hex.bytes().all(lower_hex) {
+        return None;
+    }
+    // `repo:tag@digest` names the digest; the tag beside it is informational only.
+    let slash = name.rfind('/').unwrap_or(0);
+    let repo = match name.rfind(':') {
+        Some(colon) if colon > slash => &name[..colon],
+        _ => name,
+    };
+    Some((repo, digest))
+}
+
 pub fn approval_pending(release: &ModelRelease, digest: &str) -> Option<(&'static str, String)> {
     if release.spec.approval != Approval::Manual {
         return None;
@@ -685,6 +703,22 @@ mod tests {
             unhealthy(&deployment(3, status(3, 2, 2, 1))).is_some_and(|m| m.contains("1 of 2"))
         );
         assert!(unhealthy(&deployment(4, status(3, 2, 2, 2))).is_some());
+    }
+
+    #[test]
+    fn a_pinned_image_is_read_with_its_tag_dropped_and_a_tag_alone_is_not_pinned() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            pinned_image(&format!("reg:5000/a/b:v1@{d}")),
+            Some(("reg:5000/a/b", d.as_str()))
+        );
+        assert_eq!(
+            pinned_image(&format!("reg:5000/a/b@{d}")),
+            Some(("reg:5000/a/b", d.as_str()))
+        );
+        assert_eq!(pinned_image("reg:5000/a/b:v1"), None);
+        assert_eq!(pinned_image("reg/a@sha256:abc"), None);
+        assert_eq!(pinned_image(&format!("reg/a@{}", d.to_uppercase())), None);
     }
 
     #[test]

@@ -97,6 +97,10 @@ pub mod reason {
     pub const RESCAN_INVALID: &str = "RescanInvalid";
     /// The latest rescan passed every gate.
     pub const RESCAN_PASSED: &str = "RescanPassed";
+    /// Gate mode: the signature verified; pods running the digest are admitted.
+    pub const ADMITTED: &str = "Admitted";
+    /// Gate mode: admitted; waiting for the Deployment's owner to set the digest.
+    pub const WAITING_FOR_DEPLOYMENT: &str = "WaitingForDeployment";
     /// The pipeline names no signing key.
     pub const SIGNING_NOT_CONFIGURED: &str = "SigningNotConfigured";
     /// The pipeline is valid and ready for releases.

@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the controller (uses the in-cluster config or KUBECONFIG).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write a cosign-compatible key pair (cosign.key encrypted with COSIGN_PASSWORD, cosign.pub),
     /// or store it in a Kubernetes Secret with --k8s.
     GenerateKeyPair {
@@ -108,6 +108,30 @@ struct RunArgs {
     /// ModelRelease reconciles in flight at once (0: unbounded); the rest wait in the work queue.
     #[arg(long, env = "SLUICE_MAX_CONCURRENT_RECONCILES", default_value_t = operator::DEFAULT_MAX_CONCURRENT_RECONCILES)]
     max_concurrent_reconciles: u16,
+    /// Address of the enforcement webhook's HTTPS server (e.g. 0.0.0.0:9443); off when unset.
+    #[arg(long, env = "SLUICE_WEBHOOK_LISTEN")]
+    webhook_listen: Option<SocketAddr>,
+    /// Directory holding tls.crt and tls.key (cert-manager's Secret mounted); when unset the
+    /// operator issues its own CA and certificate into --webhook-secret.
+    #[arg(long, env = "SLUICE_WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<std::path::PathBuf>,
+    /// Secret (in the operator's namespace) holding the webhook's self-issued CA and certificate.
+    #[arg(
+        long,
+        env = "SLUICE_WEBHOOK_SECRET",
+        default_value = "sluice-webhook-tls"
+    )]
+    webhook_secret: String,
+    /// Host names and IP addresses the webhook's certificate is issued for; comma-separated.
+    #[arg(long, env = "SLUICE_WEBHOOK_HOSTS", value_delimiter = ',')]
+    webhook_hosts: Vec<String>,
+    /// MutatingWebhookConfiguration whose caBundle the operator keeps equal to its CA.
+    #[arg(
+        long,
+        env = "SLUICE_WEBHOOK_CONFIG",
+        default_value = "sluice-enforcement"
+    )]
+    webhook_config: String,
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, env = "SLUICE_LEASE_SECONDS", default_value_t = operator::DEFAULT_LEASE_DURATION.as_secs())]
     lease_seconds: u64,
@@ -148,7 +172,7 @@ pub fn main() -> ExitCode {
     crate::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::GenerateKeyPair {
             output_key_prefix,
             k8s: None,
@@ -265,7 +289,22 @@ fn run(args: RunArgs) -> ExitCode {
     // Held to the end: dropping it flushes the spans not yet exported.
     let _telemetry = telemetry::init(args.log_json, telemetry::Otlp::resolve(args.otlp_endpoint));
     let identity = args.identity.unwrap_or_else(default_identity);
+    let webhook = args
+        .webhook_listen
+        .map(|listen| crate::enforcement::serve::WebhookConfig {
+            listen,
+            tls: match args.webhook_cert_dir {
+                Some(dir) => crate::enforcement::serve::TlsSource::Files(dir),
+                None => crate::enforcement::serve::TlsSource::Managed {
+                    namespace: args.lease_namespace.clone(),
+                    secret: args.webhook_secret,
+                    hosts: args.webhook_hosts,
+                    config: args.webhook_config,
+                },
+            },
+        });
     let config = operator::RunConfig {
+        webhook,
         listen: args.listen,
         insecure_registries: args.insecure_registries,
         pkcs11_module: args.pkcs11_module,

@@ -25,11 +25,14 @@ use crate::{
         FIELD_MANAGER, FIELD_TARGET_DEPLOYMENT, FINALIZER_ROLLOUT, ModelRelease,
         ModelReleaseStatus, Phase, SecurePipeline,
         conditions::{self, Health, reason},
-        release::{RolloutStatus, Verdict},
+        release::TargetMode,
+        release::{ImageRef, RolloutStatus, Verdict},
     },
     metrics::OutcomeLabels,
     rollout::{self, Progress, Step, Turn},
 };
+
+mod gate_mode;
 
 /// One reconcile's view of the rollout.
 pub struct Rollout<'a> {
@@ -77,6 +80,9 @@ impl<'a> Rollout<'a> {
     /// Takes the next rollout step the status calls for, if any; a deleted release undoes its
     /// rollout first, an ended one gives its claim back.
     pub async fn advance(mut self) -> Result<(), Error> {
+        if self.release.spec.target.mode == TargetMode::Gate {
+            return self.advance_gated().await;
+        }
         if self.release.metadata.deletion_timestamp.is_some() {
             return self.on_delete().await;
         }
@@ -238,25 +244,34 @@ impl<'a> Rollout<'a> {
             self.set(Phase::AwaitingApproval, Health::Progressing, why, message);
             return Ok(());
         }
-        if let Err(f) = release_signing::verify(self.ctx, self.release, self.pipeline, &image).await
-        {
-            let phase = if f.block {
-                Phase::Blocked
-            } else {
-                self.status.phase
-            };
-            let kind = if f.block {
-                Health::Ended { failed: true }
-            } else {
-                Health::Stalled
-            };
-            self.set(phase, kind, f.category, f.message);
+        if !self.verified(&image).await {
             return Ok(());
         }
         self.add_finalizer().await?;
         let dep = self.take_claim(dep).await?;
         let target = format!("{}@{}", image.repository, image.digest);
         self.start(&dep, target).await
+    }
+
+    /// Verifies the image's (and model's) signature in the registry just before the rollout or
+    /// admission; a failure blocks the release or stalls it (registry down) with its reason.
+    async fn verified(&mut self, image: &ImageRef) -> bool {
+        let Err(f) = release_signing::verify(self.ctx, self.release, self.pipeline, image).await
+        else {
+            return true;
+        };
+        let phase = if f.block {
+            Phase::Blocked
+        } else {
+            self.status.phase
+        };
+        let kind = if f.block {
+            Health::Ended { failed: true }
+        } else {
+            Health::Stalled
+        };
+        self.set(phase, kind, f.category, f.message);
+        false
     }
 
     /// The target Deployment with the named container, or a Stalled condition saying why not.

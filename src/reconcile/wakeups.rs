@@ -98,7 +98,9 @@ pub fn after_deployment_change(
                 ready_reason(r),
                 Some(reason::TARGET_NOT_FOUND | reason::CONTAINER_NOT_FOUND)
             );
-            holder || stalled
+            // Gate mode waits for the Deployment's owner to set the admitted digest.
+            let gated = r.spec.target.mode == crate::api::release::TargetMode::Gate;
+            holder || stalled || gated
         })
         .map(|r| ObjectRef::from_obj(&**r))
         .collect();

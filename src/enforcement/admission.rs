@@ -1,0 +1,367 @@
+//! Which pods are held and which are admitted: a pure judgement over the watch caches (no
+//! registry, no API call), shared by the webhook (hold a targeted pod) and the gate controller
+//! (let it run once its digest belongs to a verified release).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::ResourceExt;
+
+use crate::{
+    api::{ModelRelease, Phase},
+    rollout::pinned_image,
+};
+
+/// What enforcement makes of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// No release targets the pod's Deployment: enforcement leaves it alone.
+    NotTargeted,
+    /// The pod runs what `release` verified.
+    Admit {
+        /// The release whose verified digest (and model) the pod runs.
+        release: String,
+    },
+    /// The pod must wait; `reason` (PascalCase) and `message` say why.
+    Hold {
+        /// Event reason.
+        reason: &'static str,
+        /// What the user reads.
+        message: String,
+    },
+}
+
+/// The Deployment a pod belongs to: through its ReplicaSet owner (`<deployment>-<pod-template-hash>`),
+/// else the first Deployment of `deployments` (same namespace) whose selector the pod matches, so a
+/// bare pod carrying the Deployment's labels is judged like its pods.
+pub fn deployment_of(pod: &Pod, deployments: &[Arc<Deployment>]) -> Option<String> {
+    let hash = pod.labels().get("pod-template-hash");
+    let by_owner = pod
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == "ReplicaSet")
+        .find_map(|o| {
+            let hash = hash?;
+            o.name.strip_suffix(hash.as_str())?.strip_suffix('-')
+        });
+    if let Some(d) = by_owner {
+        return Some(d.to_string());
+    }
+    let ns = pod.namespace();
+    deployments
+        .iter()
+        .filter(|d| d.namespace() == ns)
+        .find(|d| selects(d, pod.labels()))
+        .map(|d| d.name_any())
+}
+
+/// Whether `dep`'s selector matches `labels`. Only `matchLabels` is read: a selector with
+/// `matchExpressions` is not matched by label (its pods still arrive through their ReplicaSet).
+fn selects(dep: &Deployment, labels: &BTreeMap<String, String>) -> bool {
+    let Some(selector) = dep.spec.as_ref().map(|s| &s.selector) else {
+        return false;
+    };
+    if selector
+        .match_expressions
+        .as_ref()
+        .is_some_and(|e| !e.is_empty())
+    {
+        return false;
+    }
+    let wanted = selector.match_labels.clone().unwrap_or_default();
+    !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Whether `release` vouches for its digest now: its signature was verified just before it was
+/// rolled out or admitted (`status.rollout` is written only after that), and it has not failed,
+/// been rolled back or superseded since.
+fn vouches(release: &ModelRelease) -> bool {
+    let Some(status) = release.status.as_ref() else {
+        return false;
+    };
+    let live = matches!(
+        status.phase,
+        Phase::RollingOut | Phase::Verifying | Phase::Released
+    );
+    live && status.signature.is_some() && status.image.is_some() && status.rollout.is_some()
+}
+
+/// Judges `pod` (namespace `ns`) against the releases of that namespace.
+pub fn judge(
+    pod: &Pod,
+    ns: &str,
+    releases: &[Arc<ModelRelease>],
+    deployments: &[Arc<Deployment>],
+) -> Judgement {
+    let Some(deployment) = deployment_of(pod, deployments) else {
+        return Judgement::NotTargeted;
+    };
+    let targeting: Vec<&ModelRelease> = releases
+        .iter()
+        .map(|r| &**r)
+        .filter(|r| r.namespace().as_deref() == Some(ns) && r.spec.target.deployment == deployment)
+        .collect();
+    if targeting.is_empty() {
+        return Judgement::NotTargeted;
+    }
+    let mut first_hold = None;
+    for release in targeting.iter().copied().filter(|r| vouches(r)) {
+        match judge_against(pod, release, &deployment) {
+            Judgement::Admit { release } => return Judgement::Admit { release },
+            hold => {
+                first_hold.get_or_insert(hold);
+            }
+        }
+    }
+    // A model mismatch against the release of this very digest says more than "unverified".
+    if let Some(hold @ Judgement::Hold { reason: MODEL, .. }) = first_hold {
+        return hold;
+    }
+    unverified(pod, &deployment, &targeting)
+}
+
+const MODEL: &str = "ModelNotVerified";
+
+/// Whether the pod's target container runs `release`'s digest and, when the release binds a
+/// model artifact, is handed that model.
+fn judge_against(pod: &Pod, release: &ModelRelease, deployment: &str) -> Judgement {
+    let container_name = &release.spec.target.container;
+    let Some(container) = containers(pod).find(|c| &c.name == container_name) else {
+        return hold(
+            "ContainerNotFound",
+            format!(
+                "the pod has no container {container_name}, the one releases of Deployment {deployment} sign"
+            ),
+        );
+    };
+    let image = container.image.clone().unwrap_or_default();
+    let (Some(status_image), Some(found)) = (
+        release.status.as_ref().and_then(|s| s.image.as_ref()),
+        pinned_image(&image),
+    ) else {
+        return hold("ImageNotVerified", String::new());
+    };
+    if found
+        != (
+            status_image.repository.as_str(),
+            status_image.digest.as_str(),
+        )
+    {
+        return hold("ImageNotVerified", String::new());
+    }
+    let model = release
+        .spec
+        .model
+        .as_ref()
+        .and_then(|m| m.artifact.as_ref())
+        .map(|a| a.reference());
+    if let Some(model) = model {
+        let handed = container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == crate::rollout::MODEL_ENV)
+            .and_then(|e| e.value.clone());
+        if handed.as_deref() != Some(model.as_str()) {
+            return hold(
+                MODEL,
+                format!(
+                    "container {container_name} runs {image}, verified with release {}, but is handed model {} instead of the signed {model} (env {})",
+                    release.name_any(),
+                    handed.unwrap_or_else(|| "none".into()),
+                    crate::rollout::MODEL_ENV
+                ),
+            );
+        }
+    }
+    Judgement::Admit {
+        release: release.name_any(),
+    }
+}
+
+fn containers(pod: &Pod) -> impl Iterator<Item = &k8s_openapi::api::core::v1::Container> {
+    pod.spec.iter().flat_map(|s| s.containers.iter())
+}
+
+fn hold(reason: &'static str, message: String) -> Judgement {
+    Judgement::Hold { reason, message }
+}
+
+/// The hold of a pod whose image no vouching release names: says what it runs and which
+/// digests would be admitted.
+fn unverified(pod: &Pod, deployment: &str, targeting: &[&ModelRelease]) -> Judgement {
+    let container_name = targeting
+        .first()
+        .map(|r| r.spec.target.container.clone())
+        .unwrap_or_default();
+    let image = containers(pod)
+        .find(|c| c.name == container_name)
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let mut admitted: Vec<String> = targeting
+        .iter()
+        .filter(|r| vouches(r))
+        .filter_map(|r| r.status.as_ref()?.image.as_ref().map(|i| i.digest.clone()))
+        .collect();
+    admitted.sort();
+    admitted.dedup();
+    let known = if admitted.is_empty() {
+        "no release of it is verified yet".to_string()
+    } else {
+        format!("verified digests: {}", admitted.join(", "))
+    };
+    if pinned_image(&image).is_none() {
+        return hold(
+            "ImageNotPinned",
+            format!(
+                "container {container_name} runs {image}, not pinned by digest; Sluice admits pods of Deployment {deployment} only by a digest whose signature it verified ({known})"
+            ),
+        );
+    }
+    hold(
+        "ImageNotVerified",
+        format!(
+            "container {container_name} runs {image}, which no verified release of Deployment {deployment} names ({known}); the pod stays Pending until a ModelRelease of this digest passes its gates and its signature verifies"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn pod(image: &str, model: Option<&str>) -> Pod {
+        let env: Vec<_> = model
+            .map(|m| json!({"name": "SLUICE_MODEL_REF", "value": m}))
+            .into_iter()
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "labels": {"app": "p", "pod-template-hash": "5d9f"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "predictor-5d9f", "uid": "u"}]},
+            "spec": {"containers": [{"name": "server", "image": image, "env": env}]}
+        }))
+        .expect("pod")
+    }
+
+    fn release(name: &str, phase: &str, d: &str, model: Option<&str>) -> Arc<ModelRelease> {
+        let mut spec = json!({"pipelineRef": {"name": "p"}, "revision": "r",
+            "target": {"deployment": "predictor", "container": "server", "mode": "gate"}});
+        if let Some(m) = model {
+            spec["model"] = json!({"name": "m", "version": "1",
+                "artifact": {"repository": "reg/models/m", "digest": m}});
+        }
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "sluice.dev/v1alpha1", "kind": "ModelRelease",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": spec,
+                "status": {"phase": phase, "image": {"repository": "reg/app", "digest": d},
+                    "signature": {"reference": "x", "keyId": "k", "signedAt": "t"},
+                    "rollout": {"deployment": "predictor", "image": format!("reg/app@{d}"), "startedAt": "t"}}
+            }))
+            .expect("release"),
+        )
+    }
+
+    #[test]
+    fn a_pod_of_a_released_digest_is_admitted_and_any_other_digest_is_held() {
+        let releases = [release("r1", "Released", &digest('a'), None)];
+        let ok = pod(&format!("reg/app:v1@{}", digest('a')), None);
+        assert_eq!(
+            judge(&ok, "ns", &releases, &[]),
+            Judgement::Admit {
+                release: "r1".into()
+            }
+        );
+        let other = pod(&format!("reg/app@{}", digest('b')), None);
+        let Judgement::Hold { reason, message } = judge(&other, "ns", &releases, &[]) else {
+            panic!("held expected");
+        };
+        assert_eq!(reason, "ImageNotVerified");
+        assert!(message.contains(&digest('b')) && message.contains(&digest('a')));
+    }
+
+    #[test]
+    fn a_tag_a_blocked_release_or_another_repository_is_never_admitted() {
+        let releases = [
+            release("ok", "Released", &digest('a'), None),
+            release("blocked", "Blocked", &digest('c'), None),
+        ];
+        let tag = judge(&pod("reg/app:latest", None), "ns", &releases, &[]);
+        assert!(matches!(
+            tag,
+            Judgement::Hold {
+                reason: "ImageNotPinned",
+                ..
+            }
+        ));
+        let blocked = judge(
+            &pod(&format!("reg/app@{}", digest('c')), None),
+            "ns",
+            &releases,
+            &[],
+        );
+        assert!(matches!(
+            blocked,
+            Judgement::Hold {
+                reason: "ImageNotVerified",
+                ..
+            }
+        ));
+        let elsewhere = judge(
+            &pod(&format!("evil/app@{}", digest('a')), None),
+            "ns",
+            &releases,
+            &[],
+        );
+        assert!(matches!(elsewhere, Judgement::Hold { .. }));
+        assert_eq!(
+            judge(&pod("x", None), "other", &releases, &[]),
+            Judgement::NotTargeted
+        );
+    }
+
+    #[test]
+    fn a_bound_model_must_be_handed_to_the_pod_by_its_signed_digest() {
+        let releases = [release("r1", "Released", &digest('a'), Some(&digest('m')))];
+        let image = format!("reg/app@{}", digest('a'));
+        let signed = format!("reg/models/m@{}", digest('m'));
+        assert!(matches!(
+            judge(&pod(&image, Some(&signed)), "ns", &releases, &[]),
+            Judgement::Admit { .. }
+        ));
+        let swapped = format!("reg/models/m@{}", digest('n'));
+        let held = judge(&pod(&image, Some(&swapped)), "ns", &releases, &[]);
+        assert!(
+            matches!(held, Judgement::Hold { reason: MODEL, .. }),
+            "{held:?}"
+        );
+        assert!(matches!(
+            judge(&pod(&image, None), "ns", &releases, &[]),
+            Judgement::Hold { reason: MODEL, .. }
+        ));
+    }
+
+    #[test]
+    fn a_bare_pod_with_the_deployment_labels_is_judged_like_its_pods() {
+        let dep: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "predictor", "namespace": "ns"},
+            "spec": {"selector": {"matchLabels": {"app": "p"}}, "template": {}}
+        }))
+        .expect("deployment");
+        let mut bare = pod("reg/app:latest", None);
+        bare.metadata.owner_references = None;
+        assert_eq!(
+            deployment_of(&bare, &[Arc::new(dep.clone())]).as_deref(),
+            Some("predictor")
+        );
+        assert_eq!(deployment_of(&bare, &[]), None);
+        bare.metadata.labels = Some(BTreeMap::from([("app".into(), "q".into())]));
+        assert_eq!(deployment_of(&bare, &[Arc::new(dep)]), None);
+    }
+}

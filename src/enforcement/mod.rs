@@ -1,0 +1,102 @@
+//! Enforcement, opt-in per namespace (label `sluice.dev/enforce: "true"`, matched by the webhook
+//! configuration's namespaceSelector): new pods of Deployments that releases target are held by a
+//! scheduling gate until their image digest (and model) belongs to a release whose signature
+//! Sluice verified. The webhook only adds the gate (`webhook`); the leader's gate controller
+//! (`gate`) judges from its caches (`admission`) and removes it, or leaves the pod Pending with an
+//! Event that says why. The webhook's TLS is the operator's (`tls`) or cert-manager's.
+
+pub mod admission;
+pub mod gate;
+pub mod serve;
+pub mod tls;
+pub mod webhook;
+
+use futures::StreamExt;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
+};
+
+use crate::api::ModelRelease;
+
+/// The scheduling gate Sluice adds and removes.
+pub const GATE: &str = "sluice.dev/verified";
+/// Label on a pod that carries (or carried) Sluice's gate: `held` or `admitted`.
+pub const LABEL_GATE: &str = "sluice.dev/gate";
+/// `LABEL_GATE` while the gate is on.
+pub const GATE_HELD: &str = "held";
+/// `LABEL_GATE` once the gate controller removed the gate.
+pub const GATE_ADMITTED: &str = "admitted";
+/// Annotation on a held pod: why it is held (the Event says it too).
+pub const ANNOTATION_HELD: &str = "sluice.dev/held";
+/// The namespace label that opts in to enforcement.
+pub const LABEL_ENFORCE: &str = "sluice.dev/enforce";
+
+/// The webhook's caches: every replica keeps them (any replica may answer the API server), apart
+/// from the leader's controller caches, which exist only during a term.
+#[derive(Clone)]
+pub struct Stores {
+    /// Every ModelRelease.
+    pub releases: Store<ModelRelease>,
+    /// Every Deployment.
+    pub deployments: Store<Deployment>,
+}
+
+impl Stores {
+    /// Starts the two watches; the stores fill as they list.
+    pub fn start(client: &Client) -> Self {
+        Self {
+            releases: reflect(Api::all(client.clone())),
+            deployments: reflect(Api::all(client.clone())),
+        }
+    }
+
+    /// Waits for both first lists.
+    pub async fn ready(&self) {
+        let _ = self.releases.wait_until_ready().await;
+        let _ = self.deployments.wait_until_ready().await;
+    }
+
+    /// The Deployment of `pod` (namespace `ns`) when a release targets it.
+    pub fn targeted(&self, pod: &Pod, ns: &str) -> Option<String> {
+        let deployments = self.deployments.state();
+        let deployment = admission::deployment_of(pod, &deployments)?;
+        self.releases
+            .state()
+            .iter()
+            .any(|r| r.namespace().as_deref() == Some(ns) && r.spec.target.deployment == deployment)
+            .then_some(deployment)
+    }
+}
+
+fn reflect<K>(api: Api<K>) -> Store<K>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .for_each(|_| async {});
+    tokio::spawn(stream);
+    store
+}
+
+/// Whether `pod` still carries Sluice's gate, and at which index.
+pub fn gate_index(pod: &Pod) -> Option<usize> {
+    pod.spec
+        .as_ref()?
+        .scheduling_gates
+        .as_ref()?
+        .iter()
+        .position(|g| g.name == GATE)
+}
