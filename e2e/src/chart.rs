@@ -27,6 +27,13 @@ pub fn render_chart(namespace: &str, include_crds: bool, extra: &[&str]) -> Resu
     if include_crds {
         args.push("--include-crds");
     }
+    // The chart's webhook configuration is cluster-wide: scoped to a label no namespace carries,
+    // it is installed and validated without calling a webhook the API server cannot reach (the
+    // suite's own enforcement tests use the operator process's webhook).
+    let scope = format!(
+        r#"enforcement.namespaceSelector={{"matchLabels":{{"sluice.dev/enforce":"chart-{namespace}"}}}}"#
+    );
+    args.extend_from_slice(&["--set-json", &scope]);
     args.extend_from_slice(extra);
     run_tool("helm", &args, None)
 }

@@ -119,6 +119,8 @@ fn assert_least_privilege(ns: &str) -> anyhow::Result<()> {
         ("update", "modelreleases.sluice.dev/finalizers"),
         ("get", "secrets"),
         ("watch", "services"),
+        ("watch", "pods"),
+        ("patch", "pods"),
     ] {
         assert!(
             can(verb, resource)?,
@@ -129,6 +131,8 @@ fn assert_least_privilege(ns: &str) -> anyhow::Result<()> {
         ("list", "secrets"),
         ("delete", "deployments.apps"),
         ("create", "pods"),
+        ("delete", "pods"),
+        ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
         ("update", "modelreleases.sluice.dev"),
         ("delete", "modelreleases.sluice.dev"),
         ("*", "*"),
@@ -179,12 +183,53 @@ async fn release_as_the_chart_service_account(chart_ns: &str) -> anyhow::Result<
     let status = Command::new(repo_dir().join("e2e/operator"))
         .env("SLUICE_OPERATOR_KUBECONFIG", &kubeconfig)
         .env("POD_NAMESPACE", chart_ns)
+        .env("SLUICE_WEBHOOK_CONFIG", "sluice-enforcement")
         .arg("start")
         .status()?;
     anyhow::ensure!(
         status.success(),
         "operator with the chart's token did not start"
     );
+    // The chart's RBAC lets it issue the webhook's certificate into its namespace and keep its
+    // CA in the chart's webhook configuration (and only there).
+    let bundle = eventually(
+        "caBundle in the chart's webhook configuration",
+        TIMEOUT,
+        POLL,
+        async || {
+            let out = run(
+                "kubectl",
+                &[
+                    "get",
+                    "mutatingwebhookconfiguration",
+                    "sluice-enforcement",
+                    "-o",
+                    "jsonpath={.webhooks[0].clientConfig.caBundle}",
+                ],
+                None,
+            )?;
+            Ok(if out.trim().is_empty() {
+                std::ops::ControlFlow::Continue("empty".to_string())
+            } else {
+                std::ops::ControlFlow::Break(out)
+            })
+        },
+    )
+    .await?;
+    let secret_ca = run(
+        "kubectl",
+        &[
+            "get",
+            "secret",
+            "-n",
+            chart_ns,
+            "sluice-webhook-tls",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ],
+        None,
+    )?;
+    assert_eq!(bundle.trim(), secret_ca.trim());
 
     let ns = TestNamespace::new("chart-rbac").await?;
     ns.with_signing_key("chart-pw")?;

@@ -119,6 +119,10 @@ fn helm_template(root: &Path) -> anyhow::Result<String> {
         CHART_NAMESPACE,
         "--kube-version",
         KUBE_VERSION,
+        // OLM serves admission webhooks its own way (CSV webhookdefinitions, OLM's certificates,
+        // no namespaceSelector); the bundle ships the operator without enforcement for now.
+        "--set",
+        "enforcement.enabled=false",
     ]))
 }
 

@@ -40,3 +40,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The webhook Service's in-cluster host name (the serving certificate's name). */}}
+{{- define "sluice.webhookHost" -}}
+{{ include "sluice.fullname" . }}-webhook.{{ .Release.Namespace }}.svc
+{{- end }}
