@@ -10,6 +10,9 @@ use crate::{TestNamespace, tool};
 pub const FAKE_DIGEST: &str =
     "sha256:4a5b6c7d8e9f00112233445566778899aabbccddeeff00112233445566778899";
 
+/// Repository of the test models (pushed with `sluice push-model`).
+pub const MODELS: &str = "127.0.0.1:35000/evip/models/ev-load-15min";
+
 /// Repository of the test pipeline.
 pub const REPOSITORY: &str = "127.0.0.1:35000/evip/predictor";
 
@@ -59,5 +62,33 @@ impl TestNamespace {
         }
         crane(&["append", "-f", "layer.tar", "-t", tag])?;
         crane(&["digest", tag])
+    }
+
+    /// Pushes a model file with the operator's own CLI (`sluice push-model`) to MODELS, tagged
+    /// after the namespace and `content`; returns its digest.
+    pub fn push_model(&self, content: &str) -> Result<String> {
+        let dir = std::env::temp_dir().join(format!("{}-model", self.name));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("model.json");
+        std::fs::write(
+            &file,
+            format!(r#"{{"weights": "{content}", "ns": "{}"}}"#, self.name),
+        )?;
+        let out = Command::new(crate::repo_dir().join("target/debug/sluice"))
+            .arg("push-model")
+            .arg(&file)
+            .arg(format!("{MODELS}:{}-{content}", self.name))
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "sluice push-model: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let digest = printed
+            .strip_prefix(&format!("{MODELS}@"))
+            .ok_or_else(|| anyhow::anyhow!("push-model printed {printed}"))?;
+        Ok(digest.to_string())
     }
 }

@@ -132,7 +132,10 @@ fn assert_least_privilege(ns: &str) -> anyhow::Result<()> {
         ("delete", "deployments.apps"),
         ("create", "pods"),
         ("delete", "pods"),
-        ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
+        (
+            "patch",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+        ),
         ("update", "modelreleases.sluice.dev"),
         ("delete", "modelreleases.sluice.dev"),
         ("*", "*"),

@@ -21,7 +21,7 @@ use sluice::{
     api::{ModelRelease, Phase, conditions},
     enforcement::{ANNOTATION_HELD, GATE, GATE_ADMITTED, LABEL_GATE},
 };
-use sluice_e2e::{POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually};
+use sluice_e2e::{MODELS, POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const STABLE: &str = "127.0.0.1:35000/evip/predictor:stable";
@@ -278,6 +278,143 @@ async fn in_a_gated_namespace_an_unsigned_pod_stays_pending_with_the_reason_and_
     let impostor = ns.api::<Pod>().get("impostor").await?;
     assert!(gated(&impostor) && pod_phase(&impostor) == "Pending");
 
+    never_written_by_sluice(&ns.api::<Deployment>().get("predictor").await?);
+    Ok(())
+}
+
+/// Sets the server image and the model reference the server is handed, as Git would.
+async fn git_sets_image_and_model(
+    ns: &TestNamespace,
+    image: &str,
+    model: &str,
+) -> anyhow::Result<()> {
+    let body = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "predictor"},
+        "spec": {"template": {"spec": {"containers": [{
+            "name": "server", "image": image,
+            "env": [{"name": "SLUICE_MODEL_REF", "value": model}]
+        }]}}}
+    });
+    ns.api::<Deployment>()
+        .patch(
+            "predictor",
+            &PatchParams::apply("flux").force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    Ok(())
+}
+
+fn model_of(p: &Pod) -> Option<String> {
+    p.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == "server")?
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "SLUICE_MODEL_REF")?
+        .value
+        .clone()
+}
+
+#[tokio::test]
+async fn a_pod_handed_another_model_is_held_and_a_failed_post_deploy_gate_withdraws_the_admission()
+-> anyhow::Result<()> {
+    let ns = gated_namespace("enforce-model").await?;
+    let released = ns.push_image("server")?;
+    let model = ns.push_model("signed")?;
+    let other_model = ns.push_model("swapped")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&released));
+    // The scripted DAST finds a high: the post-deploy gate blocks once the digest runs.
+    sims[4] = ("dast", Sim::findings(0, 1, 0, 0));
+    let spec = json!({
+        "target": {"deployment": "predictor", "container": "server", "mode": "gate"},
+        "model": {"name": "ev-load-15min", "version": "7",
+                  "artifact": {"repository": MODELS, "digest": model}},
+    });
+    ns.release_with("predictor-72", &sims, spec).await?;
+    let api = ns.api::<ModelRelease>();
+    eventually("release admitted", TIMEOUT, POLL, async || {
+        let r = api.get("predictor-72").await?;
+        Ok(
+            if ready_reason(&r) == conditions::reason::WAITING_FOR_DEPLOYMENT {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("{:?}", r.status))
+            },
+        )
+    })
+    .await?;
+
+    // The signed image handed another model's digest: held, and the reason names both models.
+    let released_ref = format!("{REPOSITORY}@{released}");
+    let swapped_ref = format!("{MODELS}@{other_model}");
+    git_sets_image_and_model(&ns, &released_ref, &swapped_ref).await?;
+    let held = pods_of(
+        &ns,
+        &released_ref,
+        "pod with the swapped model held",
+        |pods| {
+            pods.iter().any(|p| {
+                model_of(p).as_deref() == Some(swapped_ref.as_str())
+                    && p.annotations().contains_key(ANNOTATION_HELD)
+            })
+        },
+    )
+    .await?;
+    let pod = held
+        .iter()
+        .find(|p| model_of(p).as_deref() == Some(swapped_ref.as_str()))
+        .expect("held pod");
+    let why = &pod.annotations()[ANNOTATION_HELD];
+    assert!(why.starts_with("ModelNotVerified:"), "{why}");
+    assert!(why.contains(&other_model) && why.contains(&model), "{why}");
+    assert!(gated(pod) && pod_phase(pod) == "Pending");
+
+    // The signed model: the pods run, DAST runs against them and blocks.
+    let signed_ref = format!("{MODELS}@{model}");
+    git_sets_image_and_model(&ns, &released_ref, &signed_ref).await?;
+    let r = ns
+        .wait_phase(
+            "predictor-72",
+            &[Phase::Released, Phase::Failed, Phase::Blocked],
+            TIMEOUT,
+        )
+        .await?;
+    let status = r.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Phase::Failed, "{:?}", status.conditions);
+    let message = conditions::get(&status.conditions, conditions::READY)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("withdrawn"), "{message}");
+
+    // Withdrawn: a new pod of the same digest and model is held again.
+    let running = pods_of(&ns, &released_ref, "pods of the signed model", |pods| {
+        pods.iter()
+            .any(|p| model_of(p).as_deref() == Some(signed_ref.as_str()) && !gated(p))
+    })
+    .await?;
+    let victim = running
+        .iter()
+        .find(|p| model_of(p).as_deref() == Some(signed_ref.as_str()) && !gated(p))
+        .expect("running pod")
+        .name_any();
+    ns.api::<Pod>().delete(&victim, &Default::default()).await?;
+    pods_of(&ns, &released_ref, "a replacement pod held", |pods| {
+        pods.iter().any(|p| {
+            p.name_any() != victim
+                && model_of(p).as_deref() == Some(signed_ref.as_str())
+                && gated(p)
+                && p.annotations()
+                    .get(ANNOTATION_HELD)
+                    .is_some_and(|w| w.starts_with("ImageNotVerified:"))
+        })
+    })
+    .await?;
     never_written_by_sluice(&ns.api::<Deployment>().get("predictor").await?);
     Ok(())
 }

@@ -9,11 +9,10 @@ use std::{process::Command, time::Duration};
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::json;
 use sluice::api::{ModelRelease, Phase, conditions};
-use sluice_e2e::{ENDED, REPOSITORY, Sim, TestNamespace, clean_sims, repo_dir, state_dir};
+use sluice_e2e::{ENDED, MODELS, REPOSITORY, Sim, TestNamespace, clean_sims, repo_dir, state_dir};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const STABLE: &str = "127.0.0.1:35000/evip/predictor:stable";
-const MODELS: &str = "127.0.0.1:35000/evip/models/ev-load-15min";
 
 fn ready(r: &ModelRelease) -> (String, String) {
     r.status
@@ -21,32 +20,6 @@ fn ready(r: &ModelRelease) -> (String, String) {
         .and_then(|s| conditions::get(&s.conditions, conditions::READY))
         .map(|c| (c.reason.clone(), c.message.clone()))
         .unwrap_or_default()
-}
-
-/// Pushes a model file with the operator's own CLI; returns its digest.
-fn push_model(ns: &TestNamespace, content: &str) -> anyhow::Result<String> {
-    let dir = std::env::temp_dir().join(format!("{}-model", ns.name));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("model.json");
-    std::fs::write(
-        &file,
-        format!(r#"{{"weights": "{content}", "ns": "{}"}}"#, ns.name),
-    )?;
-    let out = Command::new(repo_dir().join("target/debug/sluice"))
-        .arg("push-model")
-        .arg(&file)
-        .arg(format!("{MODELS}:{}-{content}", ns.name))
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "sluice push-model: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let digest = printed
-        .strip_prefix(&format!("{MODELS}@"))
-        .ok_or_else(|| anyhow::anyhow!("push-model printed {printed}"))?;
-    Ok(digest.to_string())
 }
 
 fn spec_with_model(digest: &str, approval: &str) -> serde_json::Value {
@@ -75,7 +48,7 @@ fn sims(image: &str) -> Vec<(&'static str, Sim)> {
 async fn a_bound_model_is_signed_attested_verified_and_handed_to_the_server_by_digest()
 -> anyhow::Result<()> {
     let (ns, image) = setup("model").await?;
-    let model = push_model(&ns, "fitted")?;
+    let model = ns.push_model("fitted")?;
     ns.release_with(
         "predictor-90",
         &sims(&image),
@@ -211,7 +184,7 @@ async fn a_model_missing_from_the_registry_blocks_before_anything_is_signed() ->
 #[tokio::test]
 async fn a_model_signature_replaced_after_signing_stops_the_rollout() -> anyhow::Result<()> {
     let (ns, image) = setup("model-tamper").await?;
-    let model = push_model(&ns, "fitted")?;
+    let model = ns.push_model("fitted")?;
     ns.release_with(
         "predictor-92",
         &sims(&image),
@@ -232,7 +205,7 @@ async fn a_model_signature_replaced_after_signing_stops_the_rollout() -> anyhow:
         String::from_utf8_lossy(&out.stderr)
     );
     // A different model pushed under the same tag changes nothing: the release names a digest.
-    push_model(&ns, "fitted-again")?;
+    ns.push_model("fitted-again")?;
     let out = Command::new(repo_dir().join("target/debug/sluice"))
         .env("KUBECONFIG", state_dir().join("kubeconfig"))
         .args(["approve", "predictor-92", "-n", &ns.name])

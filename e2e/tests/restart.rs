@@ -134,3 +134,125 @@ async fn sigkill_mid_rollout_rolls_out_once_and_keeps_the_previous_image() -> an
     );
     Ok(())
 }
+
+/// Enforcement across a crash: pods held before the release is verified are admitted by the next
+/// operator (its gate controller lists the held pods again), none is left Pending and none ran
+/// before the verdict.
+#[tokio::test]
+async fn sigkill_while_pods_are_held_admits_them_after_the_restart() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Patch, PatchParams};
+    use sluice::enforcement::{GATE, GATE_ADMITTED, LABEL_GATE};
+
+    let _outage = OUTAGE.lock().await;
+    let ns = TestNamespace::new("restart-gate").await?;
+    ns.kubectl(&["label", "namespace", &ns.name, "sluice.dev/enforce=true"])?;
+    ns.with_signing_key("restart-pw")?;
+    ns.target("127.0.0.1:35000/evip/predictor:stable", 30)
+        .await?;
+    let digest = ns.push_image("gated")?;
+    let mut sims = clean_sims();
+    sims[3] = ("build", Sim::built(&digest));
+    let spec = serde_json::json!({"target": {"deployment": "predictor", "container": "server", "mode": "gate"}});
+    ns.release_with("predictor-53", &sims, spec).await?;
+    // Git applies the digest with the release, before any verdict: the new pods are held.
+    let image = format!("{REPOSITORY}@{digest}");
+    let body = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "predictor"},
+        "spec": {"template": {"spec": {"containers": [{"name": "server", "image": image}]}}}
+    });
+    ns.api::<Deployment>()
+        .patch(
+            "predictor",
+            &PatchParams::apply("flux").force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    let pods = ns.api::<Pod>();
+    let of_image = |p: &Pod| {
+        p.spec.as_ref().is_some_and(|s| {
+            s.containers
+                .iter()
+                .any(|c| c.image.as_deref() == Some(&image))
+        })
+    };
+    eventually(
+        "a held pod",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        async || {
+            let held = pods
+                .list(&ListParams::default().labels(&format!("{LABEL_GATE}=held")))
+                .await?
+                .items
+                .into_iter()
+                .any(|p| of_image(&p));
+            Ok(if held {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue("none".into())
+            })
+        },
+    )
+    .await?;
+    operator("kill")?;
+    operator("start")?;
+    let r = ns
+        .wait_phase(
+            "predictor-53",
+            &[Phase::Released, Phase::Failed, Phase::Blocked],
+            Duration::from_secs(120),
+        )
+        .await?;
+    assert_eq!(
+        r.status.as_ref().map(|s| s.phase),
+        Some(Phase::Released),
+        "{:?}",
+        r.status
+    );
+    let running = eventually(
+        "both pods admitted and running",
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        async || {
+            let mine: Vec<Pod> = pods
+                .list(&ListParams::default().labels("app=predictor"))
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| of_image(p) && p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let ok = mine
+                .iter()
+                .filter(|p| {
+                    let ungated = p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.scheduling_gates.as_ref())
+                        .is_none_or(|g| g.iter().all(|g| g.name != GATE));
+                    let phase =
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                    ungated && phase
+                })
+                .count();
+            Ok(if ok == 2 {
+                ControlFlow::Break(mine)
+            } else {
+                ControlFlow::Continue(format!("{ok} of {} running", mine.len()))
+            })
+        },
+    )
+    .await?;
+    for p in running {
+        // Every pod of the digest went through the gate: none was created past it.
+        assert_eq!(
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_GATE))
+                .map(String::as_str),
+            Some(GATE_ADMITTED)
+        );
+    }
+    Ok(())
+}

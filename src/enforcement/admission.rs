@@ -86,6 +86,26 @@ fn vouches(release: &ModelRelease) -> bool {
     live && status.signature.is_some() && status.image.is_some() && status.rollout.is_some()
 }
 
+/// Whether `pod` runs the image Sluice's own rollback of `release` restores: what the Deployment
+/// ran before the failed release (pinned by digest when it started), which a rollback must be
+/// able to bring back even when no release of it exists.
+fn restores(release: &ModelRelease, pod: &Pod) -> bool {
+    let Some(status) = release.status.as_ref() else {
+        return false;
+    };
+    let rolling_back = matches!(status.phase, Phase::RollingBack | Phase::RolledBack);
+    let Some(previous) = status.previous_image.as_deref().and_then(pinned_image) else {
+        return false;
+    };
+    let container = &release.spec.target.container;
+    rolling_back
+        && containers(pod)
+            .find(|c| &c.name == container)
+            .and_then(|c| c.image.as_deref())
+            .and_then(pinned_image)
+            == Some(previous)
+}
+
 /// Judges `pod` (namespace `ns`) against the releases of that namespace.
 pub fn judge(
     pod: &Pod,
@@ -103,6 +123,11 @@ pub fn judge(
         .collect();
     if targeting.is_empty() {
         return Judgement::NotTargeted;
+    }
+    if let Some(release) = targeting.iter().find(|r| restores(r, pod)) {
+        return Judgement::Admit {
+            release: release.name_any(),
+        };
     }
     let mut first_hold = None;
     for release in targeting.iter().copied().filter(|r| vouches(r)) {
@@ -345,6 +370,32 @@ mod tests {
             judge(&pod(&image, None), "ns", &releases, &[]),
             Judgement::Hold { reason: MODEL, .. }
         ));
+    }
+
+    #[test]
+    fn the_image_a_rollback_restores_is_admitted_while_it_rolls_back() {
+        let previous = format!("reg/app@{}", digest('e'));
+        let mut failed = (*release("r2", "RollingBack", &digest('b'), None)).clone();
+        if let Some(s) = failed.status.as_mut() {
+            s.previous_image = Some(previous.clone());
+        }
+        let releases = [Arc::new(failed.clone())];
+        assert!(matches!(
+            judge(&pod(&previous, None), "ns", &releases, &[]),
+            Judgement::Admit { .. }
+        ));
+        // The failed digest itself is not vouched for while it rolls back.
+        let bad = pod(&format!("reg/app@{}", digest('b')), None);
+        assert!(matches!(
+            judge(&bad, "ns", &releases, &[]),
+            Judgement::Hold { .. }
+        ));
+        if let Some(s) = failed.status.as_mut() {
+            s.phase = Phase::Released;
+        }
+        let releases = [Arc::new(failed)];
+        let restored = judge(&pod(&previous, None), "ns", &releases, &[]);
+        assert!(matches!(restored, Judgement::Hold { .. }), "{restored:?}");
     }
 
     #[test]
