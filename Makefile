@@ -1,5 +1,5 @@
 # The README's two commands are `make demo` and `make test`.
-.PHONY: demo test unit e2e soak soak-short node-smoke fuzz lint crds check-crds bundle cluster-up cluster-down sign-bench bench
+.PHONY: demo test unit e2e soak soak-short node-smoke fuzz lint crds check-crds bundle cluster-up cluster-down sign-bench bench bench-webhook
 
 CARGO ?= cargo
 
@@ -54,6 +54,11 @@ cluster-up:
 # running e2e cluster (`make cluster-up` first).
 sign-bench:
 	SOFTHSM2_CONF=$(CURDIR)/.e2e/softhsm2.conf SLUICE_E2E_DIR=$(CURDIR)/.e2e $(CARGO) run -q -p sluice-e2e --bin sign_bench
+
+# The enforcement webhook: 200 pod creations in a gated namespace against 200 without enforcement,
+# client-side p50/p99 and the webhook's own p99 (running e2e cluster and operator).
+bench-webhook:
+	SLUICE_E2E_DIR=$(CURDIR)/.e2e $(CARGO) test -p sluice-e2e --test enforcement two_hundred -- --nocapture
 
 # Sluice against Tekton Chains (built from its Go module), A/B on the local cluster: sign latency
 # steady and burst, throughput, CPU, RSS, API requests per image (audit log), a 2,000 backlog.

@@ -91,6 +91,28 @@ impl TestNamespace {
         sluice::rollout::container_image(&d, "server").context("no server container")
     }
 
+    /// Sets the target's `server` image (and the model reference it is handed) as a GitOps tool
+    /// would: server-side apply under its own field manager, "flux".
+    pub async fn git_sets_image(&self, image: &str, model: Option<&str>) -> Result<()> {
+        let mut container = json!({"name": "server", "image": image});
+        if let Some(m) = model {
+            container["env"] = json!([{"name": "SLUICE_MODEL_REF", "value": m}]);
+        }
+        let body = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "predictor"},
+            "spec": {"template": {"spec": {"containers": [container]}}}
+        });
+        self.api::<Deployment>()
+            .patch(
+                "predictor",
+                &kube::api::PatchParams::apply("flux").force(),
+                &kube::api::Patch::Apply(&body),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Creates a ModelRelease of `revision` with the given sim annotations (stage -> termination message / exit code).
     pub async fn release(&self, name: &str, sims: &[(&str, Sim)]) -> Result<ModelRelease> {
         self.release_with(name, sims, json!({})).await

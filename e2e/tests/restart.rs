@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, ops::ControlFlow, time::Duration};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::api::ListParams;
 use sluice::api::{ModelRelease, Phase};
-use sluice_e2e::{REPOSITORY, Sim, TestNamespace, clean_sims, eventually, operator};
+use sluice_e2e::{ENDED, REPOSITORY, Sim, TestNamespace, clean_sims, eventually, operator};
 
 /// The tests of this binary kill the one operator: one at a time.
 static OUTAGE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -141,7 +141,6 @@ async fn sigkill_mid_rollout_rolls_out_once_and_keeps_the_previous_image() -> an
 #[tokio::test]
 async fn sigkill_while_pods_are_held_admits_them_after_the_restart() -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Pod;
-    use kube::api::{Patch, PatchParams};
     use sluice::enforcement::{GATE, GATE_ADMITTED, LABEL_GATE};
 
     let _outage = OUTAGE.lock().await;
@@ -157,17 +156,7 @@ async fn sigkill_while_pods_are_held_admits_them_after_the_restart() -> anyhow::
     ns.release_with("predictor-53", &sims, spec).await?;
     // Git applies the digest with the release, before any verdict: the new pods are held.
     let image = format!("{REPOSITORY}@{digest}");
-    let body = serde_json::json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "predictor"},
-        "spec": {"template": {"spec": {"containers": [{"name": "server", "image": image}]}}}
-    });
-    ns.api::<Deployment>()
-        .patch(
-            "predictor",
-            &PatchParams::apply("flux").force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
+    ns.git_sets_image(&image, None).await?;
     let pods = ns.api::<Pod>();
     let of_image = |p: &Pod| {
         p.spec.as_ref().is_some_and(|s| {
@@ -198,11 +187,7 @@ async fn sigkill_while_pods_are_held_admits_them_after_the_restart() -> anyhow::
     operator("kill")?;
     operator("start")?;
     let r = ns
-        .wait_phase(
-            "predictor-53",
-            &[Phase::Released, Phase::Failed, Phase::Blocked],
-            Duration::from_secs(120),
-        )
+        .wait_phase("predictor-53", &ENDED, Duration::from_secs(120))
         .await?;
     assert_eq!(
         r.status.as_ref().map(|s| s.phase),

@@ -31,6 +31,12 @@ use super::pipeline::LocalObjectRef;
     printcolumn(name = "Gates", type_ = "string", json_path = ".status.gatesSummary"),
     printcolumn(name = "Digest", type_ = "string", json_path = ".status.image.digest"),
     printcolumn(
+        name = "Mode",
+        type_ = "string",
+        priority = 1,
+        json_path = ".spec.target.mode"
+    ),
+    printcolumn(
         name = "Reason",
         type_ = "string",
         priority = 1,

@@ -47,8 +47,20 @@ impl Stores {
     /// Starts the two watches; the stores fill as they list.
     pub fn start(client: &Client) -> Self {
         Self {
-            releases: reflect(Api::all(client.clone())),
-            deployments: reflect(Api::all(client.clone())),
+            releases: reflect(Api::all(client.clone()), |r: &mut ModelRelease| {
+                // The webhook reads a release's namespace and target only.
+                r.status = None;
+                r.metadata.annotations = None;
+                r.metadata.labels = None;
+            }),
+            deployments: reflect(Api::all(client.clone()), |d: &mut Deployment| {
+                // ... and a Deployment's name and selector: its pod template is most of it.
+                d.status = None;
+                d.metadata.annotations = None;
+                if let Some(spec) = d.spec.as_mut() {
+                    spec.template = Default::default();
+                }
+            }),
         }
     }
 
@@ -70,7 +82,8 @@ impl Stores {
     }
 }
 
-fn reflect<K>(api: Api<K>) -> Store<K>
+/// A watch cache of `api`'s objects, each trimmed by `slim` before it is stored.
+fn reflect<K>(api: Api<K>, slim: fn(&mut K)) -> Store<K>
 where
     K: kube::Resource
         + Clone
@@ -84,7 +97,10 @@ where
     let (store, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .modify(move |o: &mut K| {
+            o.meta_mut().managed_fields = None;
+            slim(o);
+        })
         .reflect(writer)
         .for_each(|_| async {});
     tokio::spawn(stream);

@@ -34,6 +34,16 @@ use crate::{
 
 mod gate_mode;
 
+/// Where the post-deploy stages stand.
+enum PostDeploy {
+    /// One blocked, for this reason.
+    Blocked(String),
+    /// All passed (or there are none).
+    Passed,
+    /// Some still run.
+    Pending,
+}
+
 /// One reconcile's view of the rollout.
 pub struct Rollout<'a> {
     ctx: &'a Ctx,
@@ -991,28 +1001,37 @@ impl<'a> Rollout<'a> {
                 }
             }
         }
+        match self.post_deploy_verdict() {
+            PostDeploy::Blocked(why) => {
+                let why = format!("post-deploy gate blocked: {why}");
+                self.begin_rollback(why, reason::GATE_BLOCKED).await
+            }
+            PostDeploy::Passed => {
+                self.released();
+                Ok(())
+            }
+            PostDeploy::Pending => Ok(()),
+        }
+    }
+
+    /// The verdicts the planner recorded for the post-deploy stages.
+    fn post_deploy_verdict(&self) -> PostDeploy {
         let post = self.post_deploy_stages();
         let entries: Vec<_> = self
             .status
             .stages
             .iter()
             .filter(|e| post.contains(&e.name))
-            .cloned()
             .collect();
         if let Some(blocked) = entries.iter().find(|e| e.gate == Some(Verdict::Blocked)) {
-            let why = format!(
-                "post-deploy gate blocked: {}",
-                blocked
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| blocked.name.clone())
-            );
-            return self.begin_rollback(why, reason::GATE_BLOCKED).await;
+            let why = blocked.reason.clone();
+            return PostDeploy::Blocked(why.unwrap_or_else(|| blocked.name.clone()));
         }
         if entries.iter().all(|e| e.gate == Some(Verdict::Passed)) {
-            self.released();
+            PostDeploy::Passed
+        } else {
+            PostDeploy::Pending
         }
-        Ok(())
     }
 
     /// Restores `previousImage` the same way the release was applied.

@@ -6,12 +6,12 @@
 //! Deployment to run the digest, then runs them; a failure withdraws the admission (the release
 //! ends Failed) instead of rolling back.
 
-use super::Rollout;
+use super::{PostDeploy, Rollout};
 use crate::{
     api::{
         Phase,
         conditions::{Health, reason},
-        release::{RolloutStatus, Verdict},
+        release::RolloutStatus,
     },
     rollout::{self, Progress},
 };
@@ -82,12 +82,7 @@ impl Rollout<'_> {
                 "{admitted}; waiting for the Deployment to run it before the post-deploy stages: {}",
                 post.join(", ")
             );
-            self.set(
-                Phase::RollingOut,
-                Health::Progressing,
-                reason::WAITING_FOR_DEPLOYMENT,
-                message,
-            );
+            self.wait_for_deployment(message);
         }
         Ok(())
     }
@@ -116,44 +111,38 @@ impl Rollout<'_> {
             self.target(),
             if same { ", rollout in progress" } else { "" }
         );
-        self.set(
-            Phase::RollingOut,
-            Health::Progressing,
-            reason::WAITING_FOR_DEPLOYMENT,
-            message,
-        );
+        self.wait_for_deployment(message);
         Ok(())
     }
 
     /// The post-deploy verdicts: a block withdraws the admission (new pods of the digest are
     /// held again) and ends the release Failed; restoring the previous image is Git's move.
     fn judge_gated_post_deploy(&mut self) {
-        let post = self.post_deploy_stages();
-        let entries: Vec<_> = self
-            .status
-            .stages
-            .iter()
-            .filter(|e| post.contains(&e.name))
-            .cloned()
-            .collect();
-        if let Some(blocked) = entries.iter().find(|e| e.gate == Some(Verdict::Blocked)) {
-            let image = self
-                .status
-                .rollout
-                .as_ref()
-                .map(|r| r.image.clone())
-                .unwrap_or_default();
-            let why = blocked
-                .reason
-                .clone()
-                .unwrap_or_else(|| blocked.name.clone());
-            let message = format!(
-                "post-deploy gate blocked: {why}; the admission of {image} is withdrawn (new pods of Deployment {} running it are held); gate mode never writes the Deployment: restore its previous image in Git",
-                self.target()
-            );
-            self.end_without_undo(reason::GATE_BLOCKED, message);
-        } else if entries.iter().all(|e| e.gate == Some(Verdict::Passed)) {
-            self.released();
+        match self.post_deploy_verdict() {
+            PostDeploy::Blocked(why) => {
+                let image = self
+                    .status
+                    .rollout
+                    .as_ref()
+                    .map(|r| r.image.clone())
+                    .unwrap_or_default();
+                let message = format!(
+                    "post-deploy gate blocked: {why}; the admission of {image} is withdrawn (new pods of Deployment {} running it are held); gate mode never writes the Deployment: restore its previous image in Git",
+                    self.target()
+                );
+                self.end_without_undo(reason::GATE_BLOCKED, message);
+            }
+            PostDeploy::Passed => self.released(),
+            PostDeploy::Pending => {}
         }
+    }
+
+    fn wait_for_deployment(&mut self, message: String) {
+        self.set(
+            Phase::RollingOut,
+            Health::Progressing,
+            reason::WAITING_FOR_DEPLOYMENT,
+            message,
+        );
     }
 }
