@@ -253,6 +253,42 @@ async fn in_a_gated_namespace_an_unsigned_pod_stays_pending_with_the_reason_and_
     let impostor = ns.api::<Pod>().get("impostor").await?;
     assert!(gated(&impostor) && pod_phase(&impostor) == "Pending");
 
+    // Started by hand (`kubectl run`: no Deployment's labels) from the application's repository:
+    // an unsigned digest is held, the released one runs.
+    for (name, image) in [
+        ("by-hand-unsigned", &unsigned_ref),
+        ("by-hand-released", &released_ref),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"run": name}},
+            "spec": {
+                "nodeSelector": {"type": "kwok"},
+                "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+                "containers": [{"name": "main", "image": image}]
+            }
+        }))?;
+        ns.api::<Pod>().create(&PostParams::default(), &pod).await?;
+    }
+    let event = held_event(&ns, "by-hand-unsigned").await?;
+    assert_eq!(event.reason.as_deref(), Some("ImageNotVerified"));
+    let pods = ns.api::<Pod>();
+    eventually(
+        "the released digest started by hand runs",
+        TIMEOUT,
+        POLL,
+        async || {
+            let p = pods.get("by-hand-released").await?;
+            Ok(if !gated(&p) && pod_phase(&p) == "Running" {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("{} gated={}", pod_phase(&p), gated(&p)))
+            })
+        },
+    )
+    .await?;
+    let unsigned_pod = pods.get("by-hand-unsigned").await?;
+    assert!(gated(&unsigned_pod) && pod_phase(&unsigned_pod) == "Pending");
+
     never_written_by_sluice(&ns.api::<Deployment>().get("predictor").await?);
     Ok(())
 }

@@ -106,6 +106,69 @@ fn restores(release: &ModelRelease, pod: &Pod) -> bool {
             == Some(previous)
 }
 
+/// The repository of an image reference, its tag or digest dropped.
+fn repository_of(image: &str) -> &str {
+    if let Some((repo, _)) = pinned_image(image) {
+        return repo;
+    }
+    let name = image.split('@').next().unwrap_or(image);
+    let slash = name.rfind('/').unwrap_or(0);
+    match name.rfind(':') {
+        Some(colon) if colon > slash => &name[..colon],
+        _ => name,
+    }
+}
+
+/// The releases of `ns` that target `deployment`.
+fn targeting<'a>(
+    releases: &'a [Arc<ModelRelease>],
+    ns: &str,
+    deployment: &str,
+) -> Vec<&'a ModelRelease> {
+    releases
+        .iter()
+        .map(|r| &**r)
+        .filter(|r| r.namespace().as_deref() == Some(ns) && r.spec.target.deployment == deployment)
+        .collect()
+}
+
+/// The containers of `pod` whose image comes from a repository a release of `ns` built: a pod
+/// started by hand (`kubectl run`) from the application's repository is judged too, while pods
+/// of other images (Tekton's steps, say) are left alone.
+fn from_built_repositories<'a>(
+    pod: &'a Pod,
+    ns: &str,
+    releases: &[Arc<ModelRelease>],
+) -> Vec<&'a k8s_openapi::api::core::v1::Container> {
+    let built: Vec<&str> = releases
+        .iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns))
+        .filter_map(|r| r.status.as_ref()?.image.as_ref())
+        .map(|i| i.repository.as_str())
+        .collect();
+    containers(pod)
+        .filter(|c| {
+            c.image
+                .as_deref()
+                .is_some_and(|i| built.contains(&repository_of(i)))
+        })
+        .collect()
+}
+
+/// Whether enforcement concerns `pod`: it belongs to a Deployment a release targets, or runs an
+/// image from a repository a release built. (What the webhook gates; needs only the releases'
+/// targets and built repositories.)
+pub fn concerns(
+    pod: &Pod,
+    ns: &str,
+    releases: &[Arc<ModelRelease>],
+    deployments: &[Arc<Deployment>],
+) -> bool {
+    let targeted =
+        deployment_of(pod, deployments).is_some_and(|d| !targeting(releases, ns, &d).is_empty());
+    targeted || !from_built_repositories(pod, ns, releases).is_empty()
+}
+
 /// Judges `pod` (namespace `ns`) against the releases of that namespace.
 pub fn judge(
     pod: &Pod,
@@ -113,17 +176,14 @@ pub fn judge(
     releases: &[Arc<ModelRelease>],
     deployments: &[Arc<Deployment>],
 ) -> Judgement {
-    let Some(deployment) = deployment_of(pod, deployments) else {
-        return Judgement::NotTargeted;
+    let deployment = deployment_of(pod, deployments);
+    let targeting = deployment
+        .as_deref()
+        .map(|d| targeting(releases, ns, d))
+        .unwrap_or_default();
+    let Some(deployment) = deployment.filter(|_| !targeting.is_empty()) else {
+        return judge_by_repository(pod, ns, releases);
     };
-    let targeting: Vec<&ModelRelease> = releases
-        .iter()
-        .map(|r| &**r)
-        .filter(|r| r.namespace().as_deref() == Some(ns) && r.spec.target.deployment == deployment)
-        .collect();
-    if targeting.is_empty() {
-        return Judgement::NotTargeted;
-    }
     if let Some(release) = targeting.iter().find(|r| restores(r, pod)) {
         return Judgement::Admit {
             release: release.name_any(),
@@ -146,6 +206,79 @@ pub fn judge(
 }
 
 const MODEL: &str = "ModelNotVerified";
+
+/// A pod of no targeted Deployment whose containers run images of built repositories: each of
+/// those must be a digest (and model) a release vouches for.
+fn judge_by_repository(pod: &Pod, ns: &str, releases: &[Arc<ModelRelease>]) -> Judgement {
+    let watched = from_built_repositories(pod, ns, releases);
+    if watched.is_empty() {
+        return Judgement::NotTargeted;
+    }
+    let vouching: Vec<&ModelRelease> = releases
+        .iter()
+        .map(|r| &**r)
+        .filter(|r| r.namespace().as_deref() == Some(ns) && vouches(r))
+        .collect();
+    let mut admitted_by = None;
+    for container in watched {
+        let image = container.image.clone().unwrap_or_default();
+        let Some((repo, digest)) = pinned_image(&image) else {
+            return hold(
+                "ImageNotPinned",
+                format!(
+                    "container {} runs {image}, from a repository releases of this namespace build, not pinned by digest; Sluice admits it only by a digest whose signature it verified",
+                    container.name
+                ),
+            );
+        };
+        let release = vouching.iter().find(|r| {
+            let built = r.status.as_ref().and_then(|s| s.image.as_ref());
+            built.is_some_and(|i| i.repository == repo && i.digest == digest)
+                && handed_model(container, r).is_ok()
+        });
+        let Some(release) = release else {
+            return hold(
+                "ImageNotVerified",
+                format!(
+                    "container {} runs {image}, which no verified release of this namespace names (with the model it binds); the pod stays Pending until a ModelRelease of this digest passes its gates and its signature verifies",
+                    container.name
+                ),
+            );
+        };
+        admitted_by.get_or_insert_with(|| release.name_any());
+    }
+    Judgement::Admit {
+        release: admitted_by.unwrap_or_default(),
+    }
+}
+
+/// Whether `container` is handed the model `release` binds (Ok when it binds none); Err carries
+/// what it was handed instead.
+fn handed_model(
+    container: &k8s_openapi::api::core::v1::Container,
+    release: &ModelRelease,
+) -> Result<(), Option<String>> {
+    let model = release
+        .spec
+        .model
+        .as_ref()
+        .and_then(|m| m.artifact.as_ref())
+        .map(|a| a.reference());
+    let Some(model) = model else {
+        return Ok(());
+    };
+    let handed = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == crate::rollout::MODEL_ENV)
+        .and_then(|e| e.value.clone());
+    if handed.as_deref() == Some(model.as_str()) {
+        Ok(())
+    } else {
+        Err(handed)
+    }
+}
 
 /// Whether the pod's target container runs `release`'s digest and, when the release binds a
 /// model artifact, is handed that model.
@@ -174,30 +307,23 @@ fn judge_against(pod: &Pod, release: &ModelRelease, deployment: &str) -> Judgeme
     {
         return hold("ImageNotVerified", String::new());
     }
-    let model = release
-        .spec
-        .model
-        .as_ref()
-        .and_then(|m| m.artifact.as_ref())
-        .map(|a| a.reference());
-    if let Some(model) = model {
-        let handed = container
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == crate::rollout::MODEL_ENV)
-            .and_then(|e| e.value.clone());
-        if handed.as_deref() != Some(model.as_str()) {
-            return hold(
-                MODEL,
-                format!(
-                    "container {container_name} runs {image}, verified with release {}, but is handed model {} instead of the signed {model} (env {})",
-                    release.name_any(),
-                    handed.unwrap_or_else(|| "none".into()),
-                    crate::rollout::MODEL_ENV
-                ),
-            );
-        }
+    if let Err(handed) = handed_model(container, release) {
+        let signed = release
+            .spec
+            .model
+            .as_ref()
+            .and_then(|m| m.artifact.as_ref())
+            .map(|a| a.reference())
+            .unwrap_or_default();
+        return hold(
+            MODEL,
+            format!(
+                "container {container_name} runs {image}, verified with release {}, but is handed model {} instead of the signed {signed} (env {})",
+                release.name_any(),
+                handed.unwrap_or_else(|| "none".into()),
+                crate::rollout::MODEL_ENV
+            ),
+        );
     }
     Judgement::Admit {
         release: release.name_any(),
@@ -396,6 +522,48 @@ mod tests {
         let releases = [Arc::new(failed)];
         let restored = judge(&pod(&previous, None), "ns", &releases, &[]);
         assert!(matches!(restored, Judgement::Hold { .. }), "{restored:?}");
+    }
+
+    #[test]
+    fn a_pod_started_by_hand_from_a_built_repository_is_judged_and_others_are_left_alone() {
+        let releases = [release("r1", "Released", &digest('a'), None)];
+        let mut by_hand = pod(&format!("reg/app@{}", digest('b')), None);
+        by_hand.metadata.owner_references = None;
+        by_hand.metadata.labels = None;
+        assert!(concerns(&by_hand, "ns", &releases, &[]));
+        let held = judge(&by_hand, "ns", &releases, &[]);
+        assert!(
+            matches!(
+                held,
+                Judgement::Hold {
+                    reason: "ImageNotVerified",
+                    ..
+                }
+            ),
+            "{held:?}"
+        );
+        let mut released = by_hand.clone();
+        released.spec.as_mut().expect("spec").containers[0].image =
+            Some(format!("reg/app:v2@{}", digest('a')));
+        assert_eq!(
+            judge(&released, "ns", &releases, &[]),
+            Judgement::Admit {
+                release: "r1".into()
+            }
+        );
+        let mut tagged = by_hand.clone();
+        tagged.spec.as_mut().expect("spec").containers[0].image = Some("reg/app:latest".into());
+        assert!(matches!(
+            judge(&tagged, "ns", &releases, &[]),
+            Judgement::Hold {
+                reason: "ImageNotPinned",
+                ..
+            }
+        ));
+        let mut other = by_hand;
+        other.spec.as_mut().expect("spec").containers[0].image = Some("reg/tekton/step:1".into());
+        assert!(!concerns(&other, "ns", &releases, &[]));
+        assert_eq!(judge(&other, "ns", &releases, &[]), Judgement::NotTargeted);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod webhook;
 use futures::StreamExt;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
 };
 
@@ -48,8 +48,11 @@ impl Stores {
     pub fn start(client: &Client) -> Self {
         Self {
             releases: reflect(Api::all(client.clone()), |r: &mut ModelRelease| {
-                // The webhook reads a release's namespace and target only.
-                r.status = None;
+                // The webhook reads a release's namespace, target and built repository only.
+                r.status = r.status.take().map(|s| crate::api::ModelReleaseStatus {
+                    image: s.image,
+                    ..Default::default()
+                });
                 r.metadata.annotations = None;
                 r.metadata.labels = None;
             }),
@@ -70,15 +73,9 @@ impl Stores {
         let _ = self.deployments.wait_until_ready().await;
     }
 
-    /// The Deployment of `pod` (namespace `ns`) when a release targets it.
-    pub fn targeted(&self, pod: &Pod, ns: &str) -> Option<String> {
-        let deployments = self.deployments.state();
-        let deployment = admission::deployment_of(pod, &deployments)?;
-        self.releases
-            .state()
-            .iter()
-            .any(|r| r.namespace().as_deref() == Some(ns) && r.spec.target.deployment == deployment)
-            .then_some(deployment)
+    /// Whether enforcement concerns `pod` of namespace `ns` (see `admission::concerns`).
+    pub fn concerns(&self, pod: &Pod, ns: &str) -> bool {
+        admission::concerns(pod, ns, &self.releases.state(), &self.deployments.state())
     }
 }
 

@@ -60,10 +60,10 @@ fn answer(stores: &Stores, req: &AdmissionRequest<Pod>) -> (AdmissionResponse, &
         return (allow, "untouched");
     };
     let ns = req.namespace.clone().unwrap_or_default();
-    let Some(deployment) = stores.targeted(pod, &ns) else {
+    if !stores.concerns(pod, &ns) {
         return (allow, "untouched");
-    };
-    debug!(namespace = %ns, deployment = %deployment, "holding a new pod for Sluice's verdict");
+    }
+    debug!(namespace = %ns, "holding a new pod for Sluice's verdict");
     match allow.clone().with_patch(gate_patch(pod)) {
         Ok(gated) => (gated, "gated"),
         Err(e) => {
