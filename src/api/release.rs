@@ -117,7 +117,7 @@ pub struct TargetSpec {
     /// Container of that Deployment whose image is replaced.
     #[schemars(length(min = 1, max = 63))]
     pub container: String,
-    /// rollout: Sluice sets the image on the Deployment and rolls back a failure; gate: Sluice
+    /// patch: Sluice sets the image on the Deployment and rolls back a failure; gate: Sluice
     /// never writes the Deployment (Git sets the image by digest) and admits the pods that run
     /// this release's verified digest where the namespace opts in to enforcement.
     #[serde(default)]
@@ -128,9 +128,10 @@ pub struct TargetSpec {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum TargetMode {
-    /// Sluice applies the signed digest to the Deployment and rolls a failure back.
+    /// Sluice patches the signed digest into the Deployment (its image field only, under its own
+    /// field manager) and rolls a failure back.
     #[default]
-    Rollout,
+    Patch,
     /// Sluice judges, signs and admits; the Deployment is written only by its owner (GitOps).
     Gate,
 }

@@ -250,17 +250,23 @@ impl<'a> Rollout<'a> {
         if !self.my_turn(&dep).await? {
             return Ok(());
         }
-        if let Some((why, message)) = rollout::approval_pending(self.release, &image.digest) {
-            self.set(Phase::AwaitingApproval, Health::Progressing, why, message);
-            return Ok(());
-        }
-        if !self.verified(&image).await {
+        if !self.approved_and_verified(&image).await {
             return Ok(());
         }
         self.add_finalizer().await?;
         let dep = self.take_claim(dep).await?;
         let target = format!("{}@{}", image.repository, image.digest);
         self.start(&dep, target).await
+    }
+
+    /// Manual approval of this digest, then its signatures verified; false when either is missing
+    /// (the status says which).
+    async fn approved_and_verified(&mut self, image: &ImageRef) -> bool {
+        if let Some((why, message)) = rollout::approval_pending(self.release, &image.digest) {
+            self.set(Phase::AwaitingApproval, Health::Progressing, why, message);
+            return false;
+        }
+        self.verified(image).await
     }
 
     /// Verifies the image's (and model's) signature in the registry just before the rollout or

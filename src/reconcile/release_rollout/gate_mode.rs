@@ -44,11 +44,7 @@ impl Rollout<'_> {
         let Some(dep) = self.ready_target().await? else {
             return Ok(());
         };
-        if let Some((why, message)) = rollout::approval_pending(self.release, &image.digest) {
-            self.set(Phase::AwaitingApproval, Health::Progressing, why, message);
-            return Ok(());
-        }
-        if !self.verified(&image).await {
+        if !self.approved_and_verified(&image).await {
             return Ok(());
         }
         let target = format!("{}@{}", image.repository, image.digest);
