@@ -202,17 +202,7 @@ where
     listed: tokio::sync::watch::Sender<bool>,
 }
 
-impl<K> Feed<K>
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
-{
+impl<K: reconcile::caches::Watched> Feed<K> {
     fn new() -> (Store<K>, tokio::sync::watch::Receiver<bool>, Self) {
         let (store, writer) = reflector::store();
         let (listed, listed_rx) = tokio::sync::watch::channel(false);

@@ -80,17 +80,7 @@ impl Stores {
 }
 
 /// A watch cache of `api`'s objects, each trimmed by `slim` before it is stored.
-fn reflect<K>(api: Api<K>, slim: fn(&mut K)) -> Store<K>
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
-{
+fn reflect<K: crate::reconcile::caches::Watched>(api: Api<K>, slim: fn(&mut K)) -> Store<K> {
     let (store, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()

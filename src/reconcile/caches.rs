@@ -22,6 +22,29 @@ use crate::{
     tekton::TaskRun,
 };
 
+/// A kind a watch cache can hold (what kube's watcher and reflector ask of it).
+pub trait Watched:
+    kube::Resource<DynamicType: Eq + std::hash::Hash + Clone + Default>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource<DynamicType: Eq + std::hash::Hash + Clone + Default>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Readers of the shared watch caches.
 #[derive(Clone)]
 pub struct Caches {
