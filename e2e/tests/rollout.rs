@@ -58,27 +58,31 @@ async fn a_clean_release_rolls_out_the_signed_digest_and_is_released() -> anyhow
         conditions::ROLLED_OUT
     ));
 
-    // The ReplicaSet of the new template runs every replica, and the pods say which release they run.
-    let rs = ns.api::<ReplicaSet>().list(&ListParams::default()).await?;
-    let new_rs = rs
-        .items
-        .iter()
-        .find(|rs| {
-            rs.spec
-                .as_ref()
-                .and_then(|s| s.template.as_ref())
-                .and_then(|t| t.spec.as_ref())
-                .is_some_and(|p| {
-                    p.containers
-                        .iter()
-                        .any(|c| c.image.as_deref() == Some(want.as_str()))
+    // The ReplicaSet of the new template runs every replica (the one the Deployment scaled up,
+    // read until the ReplicaSet controller's status says so: it is written apart from the
+    // Deployment's), and the pods say which release they run.
+    let sets = ns.api::<ReplicaSet>();
+    sluice_e2e::eventually(
+        "the signed digest's ReplicaSet ready",
+        Duration::from_secs(30),
+        sluice_e2e::POLL,
+        async || {
+            let rs = sets.list(&ListParams::default()).await?;
+            let live = rs
+                .items
+                .iter()
+                .filter(|rs| {
+                    sluice_e2e::replica_set_image(rs, "server").as_deref() == Some(want.as_str())
                 })
-        })
-        .expect("a ReplicaSet for the signed digest");
-    assert_eq!(
-        new_rs.status.as_ref().and_then(|s| s.ready_replicas),
-        Some(2)
-    );
+                .max_by_key(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0))
+                .and_then(|rs| rs.status.as_ref().map(|s| (s.replicas, s.ready_replicas)));
+            Ok(match live {
+                Some((_, Some(2))) => std::ops::ControlFlow::Break(()),
+                other => std::ops::ControlFlow::Continue(format!("{other:?}")),
+            })
+        },
+    )
+    .await?;
     let pods = ns
         .api::<Pod>()
         .list(&ListParams::default().labels("app=predictor"))
