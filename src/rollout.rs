@@ -48,17 +48,22 @@ pub fn progress(dep: &Deployment, since: Option<Timestamp>, now: Timestamp) -> P
     let deadline = status.conditions.iter().flatten().find(|c| {
         c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     });
-    if let Some(c) = deadline.filter(|_| deadline_passed) {
+    let wanted = dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    // Every replica updated and available is complete even under a deadline condition: the
+    // controller flips that condition back only on its next sync of the Deployment, and a restore
+    // to pods that never stopped running may bring none (a rollback then waited until Sluice's
+    // own deadline).
+    let complete = updated >= wanted && total <= updated && available >= updated;
+    if let Some(c) = deadline.filter(|_| deadline_passed && !complete) {
         return Progress::Failed(format!(
             "Deployment {} exceeded its progress deadline: {}",
             dep.name_any(),
             c.message.clone().unwrap_or_default()
         ));
     }
-    let wanted = dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let updated = status.updated_replicas.unwrap_or(0);
-    let total = status.replicas.unwrap_or(0);
-    let available = status.available_replicas.unwrap_or(0);
     if updated < wanted {
         Progress::InProgress(format!("{updated} of {wanted} replicas updated"))
     } else if total > updated {
@@ -502,6 +507,14 @@ mod tests {
             progress(&dep, Some(applied), at(30)),
             Progress::Failed(_)
         ));
+        // Every replica updated and available: complete, whatever the stale condition says.
+        let mut done = status(3, 3, 3, 3);
+        done.conditions = dep.status.as_ref().and_then(|s| s.conditions.clone());
+        if let Some(spec) = dep.spec.as_mut() {
+            spec.replicas = Some(3);
+        }
+        dep.status = Some(done);
+        assert_eq!(progress(&dep, Some(applied), at(60)), Progress::Complete);
     }
 
     #[test]
