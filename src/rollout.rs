@@ -11,9 +11,12 @@ use k8s_openapi::api::{
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use crate::api::{
-    ANNOTATION_APPROVED_DIGEST, ANNOTATION_RELEASE, ModelRelease, Phase, conditions::reason,
-    release::Approval,
+use crate::{
+    api::{
+        ANNOTATION_APPROVED_DIGEST, ANNOTATION_RELEASE, ModelRelease, Phase, conditions::reason,
+        release::Approval,
+    },
+    gates::results::{is_sha256_digest, strip_tag_and_digest},
 };
 
 /// How far a Deployment's rollout got, as `kubectl rollout status` judges it.
@@ -56,8 +59,10 @@ pub fn progress(dep: &Deployment, since: Option<Timestamp>, now: Timestamp) -> P
     // controller flips that condition back only on its next sync of the Deployment, and a restore
     // to pods that never stopped running may bring none (a rollback then waited until Sluice's
     // own deadline).
-    let complete = updated >= wanted && total <= updated && available >= updated;
-    if let Some(c) = deadline.filter(|_| deadline_passed && !complete) {
+    if updated >= wanted && total <= updated && available >= updated {
+        return Progress::Complete;
+    }
+    if let Some(c) = deadline.filter(|_| deadline_passed) {
         return Progress::Failed(format!(
             "Deployment {} exceeded its progress deadline: {}",
             dep.name_any(),
@@ -71,12 +76,10 @@ pub fn progress(dep: &Deployment, since: Option<Timestamp>, now: Timestamp) -> P
             "{} old replicas pending termination",
             total - updated
         ))
-    } else if available < updated {
+    } else {
         Progress::InProgress(format!(
             "{available} of {updated} updated replicas available"
         ))
-    } else {
-        Progress::Complete
     }
 }
 
@@ -102,7 +105,12 @@ pub const MODEL_ENV: &str = "SLUICE_MODEL_REF";
 
 /// The value of `MODEL_ENV` on `container` (a literal value only; Sluice writes no other kind).
 pub fn container_model(dep: &Deployment, container: &str) -> Option<String> {
-    container_of(dep, container)?
+    model_ref_of(container_of(dep, container)?)
+}
+
+/// The value of `MODEL_ENV` on a container (of a template or a pod), a literal value only.
+pub fn model_ref_of(container: &Container) -> Option<String> {
+    container
         .env
         .as_ref()?
         .iter()
@@ -381,26 +389,16 @@ pub fn unhealthy(dep: &Deployment) -> Option<String> {
     })
 }
 
-/// Checks `approval: manual`: the annotation must name exactly the signed digest. Returns the
-/// condition reason and message when the release must wait.
 /// The repository (its tag dropped) and digest of an image reference pinned by digest; None for
-/// a reference by tag only or with a malformed digest.
+/// a reference by tag only or with a malformed digest. (`repo:tag@digest` names the digest; the
+/// tag beside it is informational only.)
 pub fn pinned_image(image: &str) -> Option<(&str, &str)> {
     let (name, digest) = image.rsplit_once('@')?;
-    let hex = digest.strip_prefix("sha256:")?;
-    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-    if hex.len() != 64 || !hex.bytes().all(lower_hex) {
-        return None;
-    }
-    // `repo:tag@digest` names the digest; the tag beside it is informational only.
-    let slash = name.rfind('/').unwrap_or(0);
-    let repo = match name.rfind(':') {
-        Some(colon) if colon > slash => &name[..colon],
-        _ => name,
-    };
-    Some((repo, digest))
+    is_sha256_digest(digest).then(|| (strip_tag_and_digest(name), digest))
 }
 
+/// Checks `approval: manual`: the annotation must name exactly the signed digest. Returns the
+/// condition reason and message when the release must wait.
 pub fn approval_pending(release: &ModelRelease, digest: &str) -> Option<(&'static str, String)> {
     if release.spec.approval != Approval::Manual {
         return None;

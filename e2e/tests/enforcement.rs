@@ -19,7 +19,7 @@ use kube::api::{ListParams, PostParams};
 use serde_json::json;
 use sluice::{
     api::{ModelRelease, Phase, conditions},
-    enforcement::{ANNOTATION_HELD, GATE, GATE_ADMITTED, LABEL_GATE},
+    enforcement::{ANNOTATION_HELD, GATE_ADMITTED, LABEL_GATE, gate_index},
 };
 use sluice_e2e::{ENDED, MODELS, POLL, REPOSITORY, Sim, TestNamespace, clean_sims, eventually};
 
@@ -45,10 +45,7 @@ async fn gated_namespace(prefix: &str) -> anyhow::Result<TestNamespace> {
 }
 
 fn gated(p: &Pod) -> bool {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.scheduling_gates.as_ref())
-        .is_some_and(|g| g.iter().any(|g| g.name == GATE))
+    gate_index(p).is_some()
 }
 
 fn server_image(p: &Pod) -> String {
@@ -294,17 +291,13 @@ async fn in_a_gated_namespace_an_unsigned_pod_stays_pending_with_the_reason_and_
 }
 
 fn model_of(p: &Pod) -> Option<String> {
-    p.spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == "server")?
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "SLUICE_MODEL_REF")?
-        .value
-        .clone()
+    sluice::rollout::model_ref_of(
+        p.spec
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| c.name == "server")?,
+    )
 }
 
 #[tokio::test]

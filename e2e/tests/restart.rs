@@ -141,7 +141,7 @@ async fn sigkill_mid_rollout_rolls_out_once_and_keeps_the_previous_image() -> an
 #[tokio::test]
 async fn sigkill_while_pods_are_held_admits_them_after_the_restart() -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Pod;
-    use sluice::enforcement::{GATE, GATE_ADMITTED, LABEL_GATE};
+    use sluice::enforcement::{GATE_ADMITTED, LABEL_GATE};
 
     let _outage = OUTAGE.lock().await;
     let ns = TestNamespace::new("restart-gate").await?;
@@ -210,11 +210,7 @@ async fn sigkill_while_pods_are_held_admits_them_after_the_restart() -> anyhow::
             let ok = mine
                 .iter()
                 .filter(|p| {
-                    let ungated = p
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.scheduling_gates.as_ref())
-                        .is_none_or(|g| g.iter().all(|g| g.name != GATE));
+                    let ungated = sluice::enforcement::gate_index(p).is_none();
                     let phase =
                         p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
                     ungated && phase

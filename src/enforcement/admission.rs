@@ -9,7 +9,8 @@ use kube::ResourceExt;
 
 use crate::{
     api::{ModelRelease, Phase},
-    rollout::pinned_image,
+    gates::results::strip_tag_and_digest,
+    rollout::{model_ref_of, pinned_image},
 };
 
 /// What enforcement makes of a pod.
@@ -106,19 +107,6 @@ fn restores(release: &ModelRelease, pod: &Pod) -> bool {
             == Some(previous)
 }
 
-/// The repository of an image reference, its tag or digest dropped.
-fn repository_of(image: &str) -> &str {
-    if let Some((repo, _)) = pinned_image(image) {
-        return repo;
-    }
-    let name = image.split('@').next().unwrap_or(image);
-    let slash = name.rfind('/').unwrap_or(0);
-    match name.rfind(':') {
-        Some(colon) if colon > slash => &name[..colon],
-        _ => name,
-    }
-}
-
 /// The releases of `ns` that target `deployment`.
 fn targeting<'a>(
     releases: &'a [Arc<ModelRelease>],
@@ -150,7 +138,7 @@ fn from_built_repositories<'a>(
         .filter(|c| {
             c.image
                 .as_deref()
-                .is_some_and(|i| built.contains(&repository_of(i)))
+                .is_some_and(|i| built.contains(&strip_tag_and_digest(i)))
         })
         .collect()
 }
@@ -267,12 +255,7 @@ fn handed_model(
     let Some(model) = model else {
         return Ok(());
     };
-    let handed = container
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == crate::rollout::MODEL_ENV)
-        .and_then(|e| e.value.clone());
+    let handed = model_ref_of(container);
     if handed.as_deref() == Some(model.as_str()) {
         Ok(())
     } else {

@@ -70,28 +70,15 @@ async fn reconcile(pod: Arc<Pod>, ctx: Ctx) -> Result<Action, Error> {
         None => (Vec::new(), Vec::new()),
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    match judge(&pod, &ns, &releases, &deployments) {
-        Judgement::Admit { release } => {
-            let note = format!(
-                "{} runs what release {release} verified; scheduling gate {GATE} removed",
-                describe(&pod)
-            );
-            admit(&pods, &pod, index).await?;
-            count(&ctx, "Admitted", "Verified");
-            Notice::normal("Admitted", note)
-                .emit(&ctx, &*pod, "Admit", None)
-                .await;
-        }
-        Judgement::NotTargeted => {
-            admit(&pods, &pod, index).await?;
-            count(&ctx, "Admitted", "NotTargeted");
-            let note = format!(
-                "no ModelRelease targets this pod's Deployment any more; scheduling gate {GATE} removed"
-            );
-            Notice::normal("Admitted", note)
-                .emit(&ctx, &*pod, "Admit", None)
-                .await;
-        }
+    let admitted = match judge(&pod, &ns, &releases, &deployments) {
+        Judgement::Admit { release } => Some((
+            "Verified",
+            format!("{} runs what release {release} verified", describe(&pod)),
+        )),
+        Judgement::NotTargeted => Some((
+            "NotTargeted",
+            "no ModelRelease targets this pod's Deployment any more".to_string(),
+        )),
         Judgement::Hold { reason, message } => {
             let said = format!("{reason}: {message}");
             if pod.annotations().get(ANNOTATION_HELD) != Some(&said) {
@@ -109,7 +96,16 @@ async fn reconcile(pod: Arc<Pod>, ctx: Ctx) -> Result<Action, Error> {
                     .emit(&ctx, &*pod, "Hold", None)
                     .await;
             }
+            None
         }
+    };
+    if let Some((why, note)) = admitted {
+        admit(&pods, &pod, index).await?;
+        count(&ctx, "Admitted", why);
+        let note = format!("{note}; scheduling gate {GATE} removed");
+        Notice::normal("Admitted", note)
+            .emit(&ctx, &*pod, "Admit", None)
+            .await;
     }
     Ok(Action::await_change())
 }
